@@ -1,0 +1,294 @@
+"""The local command line: ``grft train | eval | export-peft | models``.
+
+Errors the user can fix (bad flags, unknown model, unreadable data) end with exit status 2 and a
+single ``error: ...`` line on stderr; nothing is left half-written in ``--out``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from grft_core.config import GRFTConfig
+from grft_core.errors import GrftError
+
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, help="GRFT fine-tuning: train, evaluate, export."
+)
+models_app = typer.Typer(no_args_is_help=True, help="The base-model registry.")
+app.add_typer(models_app, name="models")
+out_console = Console()
+err_console = Console(stderr=True)
+
+
+def _fail(message: str) -> typer.Exit:
+    err_console.print(f"error: {message}", markup=False, highlight=False, soft_wrap=True)
+    return typer.Exit(code=2)
+
+
+def _parse_k(raw: str) -> int | dict[str, int]:
+    """``"4"`` → 4; ``"qkv=4,fc1=2,*=1"`` → a per-module map (names match as dotted suffixes)."""
+    try:
+        if "=" not in raw:
+            return int(raw)
+        pairs = (item.split("=", 1) for item in raw.split(",") if item.strip())
+        return {name.strip(): int(value) for name, value in pairs}
+    except ValueError as exc:
+        raise _fail(f"--k must be an integer or a map like 'qkv=4,*=1' (got {raw!r})") from exc
+
+
+class _Progress:
+    """A rich bar with ETA on a terminal, one plain line per ~5% otherwise."""
+
+    def __init__(self) -> None:
+        self.tty = sys.stderr.isatty()
+        self.progress: Progress | None = None
+        self.task: Any = None
+        self.last_pct = -1
+
+    def on_selection(self, selection: Any) -> None:
+        err_console.print(
+            f"selection: {selection.num_selected} {selection.axis} in {len(selection.indices)} matrices"
+        )
+
+    def on_step(self, info: Any) -> None:
+        if self.tty:
+            if self.progress is None:
+                self.progress = Progress(
+                    TextColumn("[bold]train"),
+                    BarColumn(),
+                    TextColumn("{task.completed}/{task.total}"),
+                    TextColumn("loss {task.fields[loss]:.4f}"),
+                    TextColumn("{task.fields[rate]:.0f} samples/s"),
+                    TimeElapsedColumn(),
+                    TimeRemainingColumn(),
+                    console=err_console,
+                )
+                self.progress.start()
+                self.task = self.progress.add_task("train", total=info.total_steps, loss=info.loss, rate=0.0)
+            self.progress.update(self.task, completed=info.step, loss=info.loss, rate=info.samples_per_s)
+            return
+        pct = int(100 * info.step / max(info.total_steps, 1))
+        if pct // 5 != self.last_pct // 5 or info.step == info.total_steps:
+            self.last_pct = pct
+            print(
+                f"step {info.step}/{info.total_steps} loss {info.loss:.4f} lr {info.lr:.2e} "
+                f"{info.samples_per_s:.0f} samples/s eta {info.eta_s:.0f}s",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    def on_epoch(self, m: Any) -> None:
+        line = (
+            f"epoch {m.epoch + 1}: train loss {m.train_loss:.4f}, val loss {m.val_loss:.4f}, "
+            f"val acc {m.val_accuracy:.4f}"
+        )
+        if self.progress is not None:
+            self.progress.console.print(line)
+        else:
+            print(line, file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+
+@app.command()
+def train(
+    model: Annotated[str, typer.Option(help="Registry name of the base model.")],
+    data: Annotated[str, typer.Option(help="Training data URI (path, file://, https://, s3://).")],
+    out: Annotated[Path, typer.Option(help="Folder to write the adapter and metrics.json into.")],
+    val_data: Annotated[
+        str | None, typer.Option(help="Validation data URI (default: a stratified split).")
+    ] = None,
+    method: Annotated[str, typer.Option(help="grft | masked_dense | full | linear_probe | lora")] = "grft",
+    k: Annotated[str, typer.Option(help="Rows/columns per matrix, or a map 'qkv=4,*=1'.")] = "1",
+    l2: Annotated[float, typer.Option(help="λ of the L2 term toward the pre-trained weights.")] = 1e-4,
+    axis: Annotated[str, typer.Option(help="rows | columns")] = "rows",
+    epochs: Annotated[int, typer.Option()] = 3,
+    batch_size: Annotated[int, typer.Option()] = 32,
+    lr: Annotated[float, typer.Option()] = 1e-3,
+    head_lr: Annotated[float | None, typer.Option()] = None,
+    l2_layers: Annotated[int | None, typer.Option(help="Regularise only the last L blocks.")] = None,
+    selection_loss: Annotated[str, typer.Option(help="scl | ce")] = "scl",
+    selection_samples: Annotated[int | None, typer.Option()] = None,
+    score_mode: Annotated[str, typer.Option(help="accumulated | per_batch")] = "accumulated",
+    warmup_ratio: Annotated[float, typer.Option()] = 0.1,
+    seed: Annotated[int, typer.Option()] = 0,
+    image_size: Annotated[int | None, typer.Option(help="Override the model's input size (pixels).")] = None,
+    max_length: Annotated[int | None, typer.Option(help="Token limit for text models.")] = None,
+    max_items: Annotated[int | None, typer.Option(help="Read at most this many items per dataset.")] = None,
+    lora_rank: Annotated[int, typer.Option()] = 8,
+    fp16: Annotated[bool, typer.Option(help="Store the deltas in float16.")] = False,
+    checkpoint_dir: Annotated[Path | None, typer.Option(help="Checkpoint here and resume from it.")] = None,
+    checkpoint_every: Annotated[int, typer.Option()] = 0,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+) -> None:
+    """Fine-tune MODEL on DATA and write the adapter into OUT."""
+    from grft_core.pipeline import train_to_folder
+
+    if out.exists() and any(out.iterdir()) and not (out / "adapter_config.json").exists():
+        raise _fail(f"--out {out} exists and is not an adapter folder; refusing to overwrite it")
+    progress = _Progress()
+    try:
+        # from_dict: the string flags are checked against their allowed values by GRFTConfig itself.
+        config = GRFTConfig.from_dict(
+            {
+                "method": method,
+                "k": _parse_k(k),
+                "l2_lambda": l2,
+                "axis": axis,
+                "epochs": epochs,
+                "batch_size": batch_size,
+                "lr": lr,
+                "head_lr": head_lr,
+                "l2_layers": l2_layers,
+                "selection_loss": selection_loss,
+                "selection_samples": selection_samples,
+                "score_mode": score_mode,
+                "warmup_ratio": warmup_ratio,
+                "seed": seed,
+                "image_size": image_size,
+                "max_length": max_length,
+                "lora_rank": lora_rank,
+                "checkpoint_every": checkpoint_every,
+                "device": device,
+            }
+        )
+        metrics = train_to_folder(
+            model,
+            data,
+            out,
+            config,
+            val_uri=val_data,
+            callbacks=[progress],
+            checkpoint_dir=checkpoint_dir,
+            fp16=fp16,
+            max_items=max_items,
+        )
+    except GrftError as exc:
+        progress.close()
+        raise _fail(f"{exc.param}: {exc.message}" if exc.param else exc.message) from exc
+    progress.close()
+    out_console.print(
+        f"val accuracy {metrics['initial_val_accuracy']:.4f} -> {metrics['best_val_accuracy']:.4f} "
+        f"(best epoch {metrics['best_epoch'] + 1}); trainable {metrics['trainable_params']:,} "
+        f"({100 * metrics['trainable_share']:.3f}%); adapter {metrics['adapter_bytes']:,} bytes; "
+        f"{metrics['wall_time_s']:.1f}s; wrote {out}"
+    )
+
+
+@app.command("eval")
+def eval_cmd(
+    adapter: Annotated[Path, typer.Option(help="Adapter folder.")],
+    data: Annotated[str, typer.Option(help="Labelled data URI.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    max_items: Annotated[int | None, typer.Option()] = None,
+) -> None:
+    """Accuracy and loss of base model + ADAPTER on DATA."""
+    from grft_core.pipeline import evaluate_adapter
+
+    try:
+        result = evaluate_adapter(adapter, data, max_items=max_items)
+    except GrftError as exc:
+        raise _fail(f"{exc.param}: {exc.message}" if exc.param else exc.message) from exc
+    if as_json:
+        print(json.dumps(result))
+    else:
+        out_console.print(
+            f"accuracy {result['accuracy']:.4f}  loss {result['loss']:.4f}  ({result['items']} items)"
+        )
+
+
+@app.command("export-peft")
+def export_peft_cmd(
+    adapter: Annotated[Path, typer.Option(help="GRFT adapter folder.")],
+    out: Annotated[Path, typer.Option(help="Folder for the PEFT LoRA adapter.")],
+) -> None:
+    """Export a GRFT adapter as an exact PEFT LoRA adapter."""
+    from grft_core.pipeline import export_peft
+
+    try:
+        export_peft(adapter, out)
+    except GrftError as exc:
+        raise _fail(f"{exc.param}: {exc.message}" if exc.param else exc.message) from exc
+    out_console.print(f"wrote PEFT LoRA adapter to {out}")
+
+
+@models_app.command("list")
+def models_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """List the registered base models."""
+    from grft_core.registry import ModelRegistry
+
+    specs = ModelRegistry().list()
+    if as_json:
+        print(json.dumps([s.to_dict() for s in specs], indent=2))
+        return
+    table = Table("name", "family", "modality", "params", "fingerprint")
+    for s in specs:
+        table.add_row(s.name, s.family, s.modality, f"{s.num_params:,}", s.fingerprint[:19])
+    out_console.print(table)
+
+
+@models_app.command("add")
+def models_add(
+    name: Annotated[str, typer.Argument(help="Name to register.")],
+    weights: Annotated[Path | None, typer.Option(help="Backbone weights (.safetensors).")] = None,
+    timm: Annotated[str | None, typer.Option("--timm", help="timm architecture name.")] = None,
+    transformers: Annotated[
+        Path | None, typer.Option("--transformers", help="transformers model folder.")
+    ] = None,
+) -> None:
+    """Register a timm architecture or a transformers folder with safetensors weights."""
+    from grft_core.registry import ModelRegistry
+
+    if (timm is None) == (transformers is None):
+        raise _fail("give exactly one of --timm ARCH or --transformers PATH")
+    if weights is not None and weights.suffix != ".safetensors":
+        raise _fail(f"--weights must be a .safetensors file (got {weights.name})")
+    try:
+        registry = ModelRegistry()
+        if timm is not None:
+            if weights is None:
+                raise _fail("--timm needs --weights FILE.safetensors")
+            spec = registry.add_timm(name, timm, weights)
+        else:
+            assert transformers is not None
+            spec = registry.add_transformers(name, transformers, weights)
+    except GrftError as exc:
+        raise _fail(f"{exc.param}: {exc.message}" if exc.param else exc.message) from exc
+    out_console.print(
+        f"registered {spec.name} ({spec.family}, {spec.num_params:,} parameters, {spec.fingerprint[:19]})"
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: usage errors become one ``error:`` line and exit status 2."""
+    import click
+
+    try:
+        app(args=argv, standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError:
+        sys.exit(0)
+    except click.UsageError as exc:
+        hint = f" (see 'grft {exc.ctx.info_name if exc.ctx else ''} --help')".replace("  ", " ")
+        err_console.print(
+            f"error: {exc.format_message()}{hint}", markup=False, highlight=False, soft_wrap=True
+        )
+        sys.exit(2)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.Abort:
+        err_console.print("aborted")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

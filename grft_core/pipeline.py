@@ -1,0 +1,236 @@
+"""End-to-end operations on names and URIs: train a model on a dataset into an adapter folder,
+evaluate an adapter, export it. The CLI and the service's worker are thin layers over these.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from grft_core.adapter import (
+    GRFT_KINDS,
+    Adapter,
+    adapter_tensors,
+    apply_adapter,
+    backbone_fingerprint,
+    load_adapter,
+    save_adapter,
+)
+from grft_core.batching import BatchSource
+from grft_core.config import GRFTConfig
+from grft_core.data import LabeledData, load_dataset, load_train_val
+from grft_core.errors import DatasetRejected
+from grft_core.evaluation import evaluate
+from grft_core.peft_export import export_peft_lora
+from grft_core.preprocess import make_preprocessor
+from grft_core.registry import ModelRegistry, ModelSpec
+from grft_core.trainer import TrainResult, fit
+
+METRICS_NAME = "metrics.json"
+
+
+def train_to_folder(
+    model_name: str,
+    train_uri: str,
+    out: Path,
+    config: GRFTConfig,
+    *,
+    val_uri: str | None = None,
+    registry: ModelRegistry | None = None,
+    callbacks: Sequence[Any] = (),
+    checkpoint_dir: Path | None = None,
+    fp16: bool = False,
+    max_items: int | None = None,
+) -> dict[str, Any]:
+    """Load model and data, train, and write the adapter plus ``metrics.json`` into ``out``.
+
+    Nothing appears in ``out`` until the run has finished: the adapter and metrics are written to a
+    temporary sibling and renamed into place.
+
+    Args:
+        model_name: a registry name.
+        train_uri: training data URI; ``val_uri`` optional (else a seeded stratified split).
+        out: the adapter folder to create.
+        config: the run's config.
+        registry: defaults to the store in ``$GRFT_MODEL_DIR``.
+        callbacks: progress receivers (see ``trainer.fit``).
+        checkpoint_dir: checkpoints for resuming (default: none kept).
+        fp16: store deltas in float16.
+        max_items: cap the number of items read from each dataset.
+    Returns:
+        the metrics document also written to ``metrics.json``.
+    Raises:
+        GrftError subclasses: unknown model, rejected dataset, bad config.
+    """
+    started = time.perf_counter()
+    registry = registry or ModelRegistry()
+    spec = registry.get(model_name)
+    train, val = load_train_val(
+        train_uri, val_uri, val_fraction=config.val_fraction, seed=config.seed, max_items=max_items
+    )
+    _check_modality(spec, train)
+    model, spec = registry.load(model_name, num_labels=len(train.classes), seed=config.seed)
+    preprocessor = make_preprocessor(spec, image_size=config.image_size, max_length=config.max_length)
+    base_state = (
+        {k: v.clone() for k, v in model.state_dict().items()} if config.method == "masked_dense" else None
+    )
+    fingerprint = backbone_fingerprint(model)
+    result = fit(
+        model,
+        train.items,
+        train.labels,
+        val.items,
+        val.labels,
+        preprocessor,
+        config,
+        callbacks=callbacks,
+        checkpoint_dir=checkpoint_dir,
+    )
+    tensors = adapter_tensors(
+        model,
+        config.method,
+        base_state,
+        result.selection.indices if result.selection else None,
+        config.axis,
+    )
+    metrics = _metrics(result, spec, tensors, time.perf_counter() - started)
+    doc = {
+        "method": config.method,
+        "base_model": spec.name,
+        "base_fingerprint": fingerprint,
+        "modality": spec.modality,
+        "axis": config.axis,
+        "k": config.k,
+        "l2_lambda": config.l2_lambda,
+        "labels": train.classes,
+        "preprocessing": preprocessor.to_dict(),
+        "modules": _module_info(result),
+        "trainable_params": result.trainable_params,
+        "total_params": result.total_params,
+        "metrics": {k: v for k, v in metrics.items() if k != "history"},
+        "config": config.to_dict(),
+    }
+    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        save_adapter(tmp, tensors, doc, fp16=fp16)
+        metrics["adapter_bytes"] = (tmp / "adapter_model.safetensors").stat().st_size
+        (tmp / METRICS_NAME).write_text(json.dumps(metrics, indent=2))
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return metrics
+
+
+def _check_modality(spec: ModelSpec, data: LabeledData) -> None:
+    if spec.modality != data.modality:
+        raise DatasetRejected(
+            f"model {spec.name!r} takes {spec.modality} inputs but the dataset holds {data.modality}",
+            param="data",
+        )
+
+
+def _module_info(result: TrainResult) -> dict[str, Any]:
+    if result.selection is None:
+        return {}
+    return {
+        name: {"k": int(idx.numel()), "shape": list(result.selection.shapes.get(name, ()))}
+        for name, idx in result.selection.indices.items()
+    }
+
+
+def _metrics(
+    result: TrainResult, spec: ModelSpec, tensors: dict[str, torch.Tensor], wall: float
+) -> dict[str, Any]:
+    return {
+        "history": [asdict(h) for h in result.history],
+        "initial_val_accuracy": result.initial_val_accuracy,
+        "best_epoch": result.best_epoch,
+        "best_val_accuracy": result.best_val_accuracy,
+        "trainable_params": result.trainable_params,
+        "total_params": result.total_params,
+        "trainable_share": result.trainable_params / max(result.total_params, 1),
+        "adapter_tensor_bytes": sum(t.numel() * t.element_size() for t in tensors.values()),
+        "base_model": spec.name,
+        "base_params": spec.num_params,
+        "steps": result.steps,
+        "wall_time_s": wall,
+    }
+
+
+def load_adapted(
+    adapter_dir: Path, registry: ModelRegistry | None = None, *, device: str = "cpu"
+) -> tuple[nn.Module, Any, Adapter]:
+    """Load an adapter folder onto a fresh copy of its base model.
+
+    Returns:
+        ``(model, preprocessor, adapter)``, the model in eval mode on ``device``.
+    Raises:
+        ModelNotFound, FingerprintMismatch, AdapterError.
+    """
+    registry = registry or ModelRegistry()
+    adapter = load_adapter(adapter_dir)
+    cfg = adapter.config
+    train_cfg = cfg.get("config", {})
+    model, spec = registry.load(
+        cfg["base_model"], num_labels=len(cfg["labels"]), seed=int(train_cfg.get("seed", 0))
+    )
+    apply_adapter(model, adapter)
+    preprocessor = make_preprocessor(
+        spec, image_size=train_cfg.get("image_size"), max_length=train_cfg.get("max_length")
+    )
+    return model.to(device), preprocessor, adapter
+
+
+def evaluate_adapter(
+    adapter_dir: Path, data_uri: str, registry: ModelRegistry | None = None, *, max_items: int | None = None
+) -> dict[str, Any]:
+    """Accuracy and loss of base + adapter on a labelled dataset whose classes the adapter knows.
+
+    Raises:
+        DatasetRejected: the data holds labels the adapter was not trained on.
+    """
+    model, preprocessor, adapter = load_adapted(adapter_dir, registry)
+    data = load_dataset(data_uri, max_items=max_items)
+    labels: list[str] = adapter.config["labels"]
+    unknown = sorted(set(data.classes) - set(labels))
+    if unknown:
+        raise DatasetRejected(f"labels not known to the adapter: {', '.join(unknown[:10])}", param="data")
+    mapped = [labels.index(data.classes[y]) for y in data.labels]
+    source = BatchSource(data.items, mapped, preprocessor, torch.device("cpu"))
+    accuracy, loss = evaluate(model, source, 64)
+    return {"accuracy": accuracy, "loss": loss, "items": len(data), "adapter": str(adapter_dir)}
+
+
+def export_peft(adapter_dir: Path, out: Path, registry: ModelRegistry | None = None) -> Path:
+    """Export an adapter folder as a PEFT LoRA folder for its base model.
+
+    Raises:
+        AdapterError: not a GRFT adapter; ModelNotFound: its base is not registered.
+    """
+    registry = registry or ModelRegistry()
+    adapter = load_adapter(adapter_dir)
+    cfg = adapter.config
+    if adapter.method not in GRFT_KINDS:
+        from grft_core.errors import AdapterError
+
+        raise AdapterError(f"a {adapter.method} adapter cannot be exported as LoRA", param="method")
+    model, _ = registry.load(cfg["base_model"], num_labels=len(cfg["labels"]), seed=0)
+    if cfg.get("base_fingerprint") and backbone_fingerprint(model) != cfg["base_fingerprint"]:
+        from grft_core.errors import FingerprintMismatch
+
+        raise FingerprintMismatch(
+            "the registered base weights differ from the adapter's", param="base_fingerprint"
+        )
+    return export_peft_lora(adapter, model, out)
