@@ -19,6 +19,12 @@ from rich.table import Table
 from grft_core.config import GRFTConfig
 from grft_core.errors import GrftError
 
+# typer >= 0.20 vendors its own click; its usage errors are not the click package's classes.
+UsageError = typer.BadParameter.__mro__[1]
+NoArgsIsHelpError: type[Exception] = getattr(
+    sys.modules[UsageError.__module__], "NoArgsIsHelpError", UsageError
+)
+
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, help="GRFT fine-tuning: train, evaluate, export."
 )
@@ -271,21 +277,25 @@ def models_add(
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: usage errors become one ``error:`` line and exit status 2."""
-    import click
-
     try:
-        app(args=argv, standalone_mode=False)
-    except click.exceptions.NoArgsIsHelpError:
+        status = app(args=argv, prog_name="grft", standalone_mode=False)
+        # Without standalone mode the parser returns typer.Exit's code instead of exiting with it.
+        if isinstance(status, int) and status:
+            sys.exit(status)
+    except NoArgsIsHelpError:
         sys.exit(0)
-    except click.UsageError as exc:
-        hint = f" (see 'grft {exc.ctx.info_name if exc.ctx else ''} --help')".replace("  ", " ")
+    except UsageError as exc:
+        command = exc.ctx.command_path if exc.ctx else "grft"
         err_console.print(
-            f"error: {exc.format_message()}{hint}", markup=False, highlight=False, soft_wrap=True
+            f"error: {exc.format_message()} (see '{command} --help')",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
         )
         sys.exit(2)
-    except click.exceptions.Exit as exc:
+    except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except click.Abort:
+    except typer.Abort:
         err_console.print("aborted")
         sys.exit(130)
 
