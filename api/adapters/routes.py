@@ -1,0 +1,5 @@
+"""Routes (to be filled)."""
+
+from fastapi import APIRouter
+
+router = APIRouter()

@@ -1,0 +1,85 @@
+"""The service's errors and their one rendering, ``{"error": {"code", "message", "param"}}``.
+
+GrftError (grft_core.errors)          400  grft_error
+├── ConfigError / DatasetRejected     422  invalid_config / invalid_dataset
+├── ModelNotFound                     404  model_not_found
+├── AdapterError → FingerprintMismatch 422 / 409
+├── NotFound                          404  not_found
+├── Unauthorized                      401  unauthorized
+├── Conflict                          409  conflict
+├── PayloadTooLarge                   413  payload_too_large
+├── QuotaExceeded                     429  rate_limited
+└── BadRequest                        400  bad_request
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from grft_core.errors import GrftError
+
+
+class NotFound(GrftError):
+    status_code = 404
+    code = "not_found"
+
+
+class Unauthorized(GrftError):
+    status_code = 401
+    code = "unauthorized"
+
+
+class Conflict(GrftError):
+    status_code = 409
+    code = "conflict"
+
+
+class PayloadTooLarge(GrftError):
+    status_code = 413
+    code = "payload_too_large"
+
+
+class QuotaExceeded(GrftError):
+    status_code = 429
+    code = "rate_limited"
+
+
+class BadRequest(GrftError):
+    status_code = 400
+    code = "bad_request"
+
+
+def error_body(code: str, message: str, param: str | None = None) -> dict[str, Any]:
+    """The one error shape."""
+    return {"error": {"code": code, "message": message, "param": param, "type": code}}
+
+
+def error_responses(*errors: type[GrftError]) -> dict[int | str, dict[str, Any]]:
+    """``responses=`` for a route that may raise ``errors``."""
+    return {e.status_code: {"description": e.__doc__ or e.code} for e in errors}
+
+
+def install_handlers(app: FastAPI) -> None:
+    """Render every error as ``{"error": {...}}`` with the right status."""
+
+    @app.exception_handler(GrftError)
+    async def _grft(_: Request, exc: GrftError) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
+        return JSONResponse(error_body(exc.code, exc.message, exc.param), exc.status_code, headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path")]
+        param = ".".join(loc) or None
+        message = f"{param}: {first.get('msg', 'invalid request')}" if param else first.get("msg", "invalid")
+        return JSONResponse(error_body("invalid_request", message, param), 422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse(error_body("http_error", str(exc.detail)), exc.status_code)
