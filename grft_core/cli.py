@@ -39,6 +39,13 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(code=2)
 
 
+def _fail_from(exc: GrftError) -> typer.Exit:
+    """One line for a library error, prefixed by the field or file at fault unless it already names it."""
+    if exc.param and exc.param not in exc.message:
+        return _fail(f"{exc.param}: {exc.message}")
+    return _fail(exc.message)
+
+
 def _parse_k(raw: str) -> int | dict[str, int]:
     """``"4"`` → 4; ``"qkv=4,fc1=2,*=1"`` → a per-module map (names match as dotted suffixes)."""
     try:
@@ -181,7 +188,7 @@ def train(
         )
     except GrftError as exc:
         progress.close()
-        raise _fail(f"{exc.param}: {exc.message}" if exc.param else exc.message) from exc
+        raise _fail_from(exc) from exc
     progress.close()
     out_console.print(
         f"val accuracy {metrics['initial_val_accuracy']:.4f} -> {metrics['best_val_accuracy']:.4f} "
@@ -204,7 +211,7 @@ def eval_cmd(
     try:
         result = evaluate_adapter(adapter, data, max_items=max_items)
     except GrftError as exc:
-        raise _fail(f"{exc.param}: {exc.message}" if exc.param else exc.message) from exc
+        raise _fail_from(exc) from exc
     if as_json:
         print(json.dumps(result))
     else:
@@ -224,7 +231,7 @@ def export_peft_cmd(
     try:
         export_peft(adapter, out)
     except GrftError as exc:
-        raise _fail(f"{exc.param}: {exc.message}" if exc.param else exc.message) from exc
+        raise _fail_from(exc) from exc
     out_console.print(f"wrote PEFT LoRA adapter to {out}")
 
 
@@ -269,7 +276,7 @@ def models_add(
             assert transformers is not None
             spec = registry.add_transformers(name, transformers, weights)
     except GrftError as exc:
-        raise _fail(f"{exc.param}: {exc.message}" if exc.param else exc.message) from exc
+        raise _fail_from(exc) from exc
     out_console.print(
         f"registered {spec.name} ({spec.family}, {spec.num_params:,} parameters, {spec.fingerprint[:19]})"
     )

@@ -28,7 +28,7 @@ from grft_core.adapter import (
 from grft_core.batching import BatchSource
 from grft_core.config import GRFTConfig
 from grft_core.data import LabeledData, load_dataset, load_train_val
-from grft_core.errors import DatasetRejected
+from grft_core.errors import AdapterError, DatasetRejected, FingerprintMismatch
 from grft_core.evaluation import evaluate
 from grft_core.peft_export import export_peft_lora
 from grft_core.preprocess import make_preprocessor
@@ -223,13 +223,9 @@ def export_peft(adapter_dir: Path, out: Path, registry: ModelRegistry | None = N
     adapter = load_adapter(adapter_dir)
     cfg = adapter.config
     if adapter.method not in GRFT_KINDS:
-        from grft_core.errors import AdapterError
-
         raise AdapterError(f"a {adapter.method} adapter cannot be exported as LoRA", param="method")
     model, _ = registry.load(cfg["base_model"], num_labels=len(cfg["labels"]), seed=0)
     if cfg.get("base_fingerprint") and backbone_fingerprint(model) != cfg["base_fingerprint"]:
-        from grft_core.errors import FingerprintMismatch
-
         raise FingerprintMismatch(
             "the registered base weights differ from the adapter's", param="base_fingerprint"
         )
