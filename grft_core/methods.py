@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -161,11 +162,14 @@ def inject_lora(model: nn.Module, config: GRFTConfig) -> list[str]:
     targets = list(
         eligible_modules(model, include_depthwise=False, include_patch_embed=config.include_patch_embed)
     )
+    # A regex string is matched against whole module names; a list would match by name suffix and
+    # catch nested modules that merely share a name with a top-level one.
+    pattern = "^(" + "|".join(re.escape(t) for t in targets) + ")$"
     lora_config = LoraConfig(
         r=config.lora_rank,
         lora_alpha=config.lora_alpha,  # type: ignore[arg-type]  # PEFT annotates int, accepts float
         lora_dropout=0.0,
-        target_modules=targets,
+        target_modules=pattern,
     )
     inject_adapter_in_model(lora_config, model)
     freeze(model)
