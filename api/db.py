@@ -40,14 +40,27 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-@lru_cache(maxsize=8)
+@lru_cache(maxsize=32)
 def get_engine(url: str) -> Engine:
     """One engine per URL per process."""
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 10})
         event.listen(engine, "connect", _sqlite_pragmas)
-        return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+    else:
+        engine = create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+    _ENGINES.append(engine)
+    return engine
+
+
+_ENGINES: list[Engine] = []
+
+
+def dispose_engines() -> None:
+    """Close every pooled connection of every engine this process made (shutdown, tests)."""
+    for engine in _ENGINES:
+        engine.dispose()
+    _ENGINES.clear()
+    get_engine.cache_clear()
 
 
 def session_factory(url: str) -> sessionmaker[Session]:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import random
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,16 @@ from PIL import Image
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _close_database_pools() -> Iterator[None]:
+    # Pooled connections left open at exit are garbage-collected unclosed, which psycopg reports.
+    yield
+    from api.db import dispose_engines
+
+    dispose_engines()
+    gc.collect()
 
 
 @pytest.fixture(scope="session")
