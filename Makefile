@@ -7,7 +7,7 @@ export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 PYTEST_ARGS ?=
 
-.PHONY: all uv sync test lint demo bench bench-full clean
+.PHONY: all uv sync test lint demo demo-library bench clean
 
 all: test
 
@@ -25,12 +25,15 @@ test: sync
 	$(UV) run --frozen pytest $(PYTEST_ARGS)
 
 lint: sync
-	$(UV) run --frozen ruff check grft_core tests bench
-	$(UV) run --frozen ruff format --check grft_core tests bench
+	$(UV) run --frozen ruff check .
+	$(UV) run --frozen ruff format --check .
 	$(UV) run --frozen mypy
 
 demo: sync
-	$(UV) run --frozen python -m grft_core.demo
+	$(UV) run --frozen python -m api.demo demo-out
+
+demo-library: sync
+	$(UV) run --frozen python -m grft_core.demo demo-out/library
 
 bench: sync
 	$(UV) run --frozen python -m bench.step_time

@@ -20,7 +20,7 @@ from grft_core.config import GRFTConfig
 from grft_core.errors import GrftError
 
 # typer >= 0.20 vendors its own click; its usage errors are not the click package's classes.
-UsageError = typer.BadParameter.__mro__[1]
+UsageError: type[Exception] = typer.BadParameter.__mro__[1]
 NoArgsIsHelpError: type[Exception] = getattr(
     sys.modules[UsageError.__module__], "NoArgsIsHelpError", UsageError
 )
@@ -292,12 +292,11 @@ def main(argv: list[str] | None = None) -> None:
     except NoArgsIsHelpError:
         sys.exit(0)
     except UsageError as exc:
-        command = exc.ctx.command_path if exc.ctx else "grft"
+        ctx = getattr(exc, "ctx", None)
+        command = ctx.command_path if ctx is not None else "grft"
+        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
         err_console.print(
-            f"error: {exc.format_message()} (see '{command} --help')",
-            markup=False,
-            highlight=False,
-            soft_wrap=True,
+            f"error: {message} (see '{command} --help')", markup=False, highlight=False, soft_wrap=True
         )
         sys.exit(2)
     except typer.Exit as exc:

@@ -1,5 +1,75 @@
-"""Routes (to be filled)."""
+"""``/v1/adapters``: list, retrieve, download (as stored or as PEFT LoRA), delete."""
 
-from fastapi import APIRouter
+from __future__ import annotations
 
-router = APIRouter()
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query, Request
+from fastapi.responses import StreamingResponse
+
+from api.adapters import schemas, service
+from api.artifacts import ArtifactStore
+from api.deps import SessionDep, SettingsDep, TenantDep
+from api.errors import NotFound, Unauthorized, error_responses
+from api.inference.service import forget_adapter
+from grft_core.errors import AdapterError, FingerprintMismatch, ModelNotFound
+from grft_core.registry import ModelRegistry
+
+router = APIRouter(prefix="/v1/adapters", tags=["adapters"])
+
+AdapterId = Annotated[str, Path(min_length=1, max_length=64)]
+
+
+@router.get("", response_model=schemas.AdapterList, responses=error_responses(Unauthorized, NotFound))
+def list_adapters(
+    session: SessionDep,
+    tenant: TenantDep,
+    after: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
+    limit: Annotated[int, Query(ge=1, le=schemas.MAX_PAGE)] = 20,
+) -> schemas.AdapterList:
+    return service.list_adapters(session, tenant, after=after, limit=limit)
+
+
+@router.get(
+    "/{adapter_id}", response_model=schemas.Adapter, responses=error_responses(Unauthorized, NotFound)
+)
+def retrieve_adapter(adapter_id: AdapterId, session: SessionDep, tenant: TenantDep) -> schemas.Adapter:
+    return service.to_schema(service.get_adapter(session, tenant, adapter_id))
+
+
+@router.get(
+    "/{adapter_id}/content",
+    response_class=StreamingResponse,
+    responses={
+        200: {"content": {"application/x-tar": {}}, "description": "A tar of the adapter's files."},
+        **error_responses(Unauthorized, NotFound, AdapterError, FingerprintMismatch, ModelNotFound),
+    },
+)
+def adapter_content(
+    adapter_id: AdapterId,
+    session: SessionDep,
+    tenant: TenantDep,
+    settings: SettingsDep,
+    format: Annotated[schemas.ContentFormat, Query()] = "grft",
+) -> StreamingResponse:
+    """``grft``: the adapter folder as trained. ``peft_lora``: its exact PEFT LoRA export."""
+    row = service.get_adapter(session, tenant, adapter_id)
+    store = ArtifactStore(settings.artifact_url)
+    chunks = service.content(store, row, format, ModelRegistry(settings.model_dir))
+    suffix = "" if format == "grft" else "-peft-lora"
+    return StreamingResponse(
+        chunks,
+        media_type="application/x-tar",
+        headers={"Content-Disposition": f'attachment; filename="{row.id}{suffix}.tar"'},
+    )
+
+
+@router.delete(
+    "/{adapter_id}", response_model=schemas.AdapterDeleted, responses=error_responses(Unauthorized, NotFound)
+)
+def delete_adapter(
+    adapter_id: AdapterId, request: Request, session: SessionDep, tenant: TenantDep, settings: SettingsDep
+) -> schemas.AdapterDeleted:
+    service.delete_adapter(session, ArtifactStore(settings.artifact_url), tenant, adapter_id)
+    forget_adapter(request.app.state, adapter_id)
+    return schemas.AdapterDeleted(id=adapter_id)

@@ -1,0 +1,19 @@
+"""Telling workers that a job is ready: a Celery task sent by name, never by importing ``worker``.
+
+The message only says "job X"; the database row says everything else, so a lost message costs a
+delay (the reconciler republishes), never a job. The Celery settings (broker, transport folders,
+routes, JSON only) are the ones the worker uses too, from ``api.queue_config``.
+"""
+
+from __future__ import annotations
+
+from api.queue_config import VALIDATE_JOB, publish
+from api.settings import Settings
+
+
+def publish_validate(settings: Settings, job_id: str) -> bool:
+    """Send ``grft.validate_job(job_id)`` to ``settings.queue``; False (and a log line) if it failed.
+
+    Call it only after the job's row is committed.
+    """
+    return publish(settings, VALIDATE_JOB, job_id)

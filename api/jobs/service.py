@@ -1,0 +1,310 @@
+"""Fine-tuning jobs: create (validated, idempotent, within quota), read, cancel, events and metrics.
+
+Services never commit and never publish: the route commits, then tells the broker, so a worker can
+never receive a job id whose row is not visible yet.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+import math
+import secrets
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+from urllib.request import url2pathname
+
+from sqlalchemy.orm import Session
+
+from api.db import utcnow
+from api.errors import Conflict, NotFound, QuotaExceeded
+from api.files import repository as files_repository
+from api.ids import new_id
+from api.jobs import repository, schemas
+from api.jobs.models import TERMINAL, Job, JobCheckpoint, JobEvent
+from api.settings import Settings
+from grft_core.config import GRFTConfig
+from grft_core.errors import ConfigError, DatasetRejected
+from grft_core.registry import BUILTIN_MODELS, ModelRegistry
+
+URI_SCHEMES = ("file", "s3", "https")
+
+
+# --- create ---------------------------------------------------------------------------------------
+
+
+def request_hash(body: schemas.JobCreate) -> str:
+    canonical = json.dumps(body.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def build_config(body: schemas.JobCreate, seed: int) -> dict[str, Any]:
+    """The request's knobs as a validated ``GRFTConfig`` dict (what ``Job.method`` stores).
+
+    Raises:
+        ConfigError: a value ``GRFTConfig`` refuses; ``param`` is the request path of the field.
+    """
+    method_type = body.method.type if body.method is not None else "grft"
+    values: dict[str, Any] = {}
+    if body.hyperparameters is not None:
+        values.update(body.hyperparameters.model_dump(exclude_none=True))
+    if body.method is not None:  # the method's own hyperparameters win over the legacy ones
+        values.update(body.method.hyperparameters.model_dump(exclude_none=True))
+    multiplier = values.pop("learning_rate_multiplier", None)
+    if multiplier is not None and "learning_rate" not in values:
+        values["learning_rate"] = schemas.DEFAULT_LR * multiplier
+    config = {schemas.RENAMED.get(name, name): value for name, value in values.items()}
+    config.update(method=schemas.CONFIG_METHOD[method_type], seed=seed)
+    try:
+        return GRFTConfig.from_dict(config).to_dict()
+    except ConfigError as exc:
+        if exc.param == "seed":
+            param = "seed"
+        else:
+            name = schemas.API_NAME.get(exc.param or "", exc.param)
+            param = f"method.{method_type}.hyperparameters.{name}"
+        raise ConfigError(exc.message, param=param) from exc
+
+
+def check_model(settings: Settings, name: str) -> None:
+    """Raises ``ModelNotFound`` for a name the registry does not know.
+
+    Built-in names are accepted without writing their weights into the store: the worker does that
+    on first use, outside a request.
+    """
+    if name not in BUILTIN_MODELS:
+        ModelRegistry(settings.model_dir).get(name)
+
+
+def check_dataset(session: Session, tenant_id: str, settings: Settings, value: str, param: str) -> str:
+    """Accept a file id of this tenant, or a URI whose scheme and location are allowed.
+
+    Raises:
+        NotFound: an unknown file id (another tenant's included).
+        DatasetRejected: any other string.
+    """
+    if value.startswith("file-"):
+        if files_repository.get(session, tenant_id, value) is None:
+            raise NotFound(f"no file {value!r}", param=param)
+        return value
+    try:
+        parts = urlsplit(value)
+        host = parts.hostname
+    except ValueError as exc:
+        raise DatasetRejected(f"{param} is not a valid URI: {exc}", param=param) from exc
+    if parts.scheme not in URI_SCHEMES:
+        raise DatasetRejected(
+            f"{param} must be an uploaded file id (file-...) or a URI with scheme "
+            f"{', '.join(s + '://' for s in URI_SCHEMES)} (got {value!r})",
+            param=param,
+        )
+    if parts.scheme == "file":
+        path = Path(url2pathname(parts.path)).resolve()
+        roots = [root.resolve() for root in settings.dataset_roots]
+        if parts.netloc not in ("", "localhost") or not any(path.is_relative_to(r) for r in roots):
+            raise DatasetRejected(
+                f"{param}: file:// URIs must name a path under an allowed root", param=param
+            )
+        return value
+    if not host or host == "localhost" or host.endswith(".localhost"):
+        raise DatasetRejected(f"{param}: {parts.scheme}:// URIs must name a public host", param=param)
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return value  # a name: the loader checks every address it resolves to when it downloads
+    if not address.is_global:
+        raise DatasetRejected(f"{param}: {host} is not a public address", param=param)
+    return value
+
+
+def create(
+    session: Session, tenant_id: str, settings: Settings, body: schemas.JobCreate, idempotency_key: str | None
+) -> tuple[Job, bool]:
+    """A new job in ``validating_files``, or the job an earlier request with the same key made.
+
+    Returns ``(job, created)``. Raises ``Conflict`` for a reused key with another body,
+    ``QuotaExceeded`` past the tenant's limits, and the validation errors of the fields.
+    """
+    digest = request_hash(body)
+    repository.lock_tenant(session, tenant_id)
+    if idempotency_key is not None:
+        earlier = replay(session, tenant_id, idempotency_key, digest)
+        if earlier is not None:
+            return earlier, False
+    check_model(settings, body.model)
+    training_file = check_dataset(session, tenant_id, settings, body.training_file, "training_file")
+    validation_file = None
+    if body.validation_file is not None:
+        validation_file = check_dataset(session, tenant_id, settings, body.validation_file, "validation_file")
+    seed = body.seed if body.seed is not None else secrets.randbelow(2**31)
+    config = build_config(body, seed)
+    active = repository.count(session, tenant_id, statuses=repository.ACTIVE)
+    if active >= settings.max_active_jobs_per_tenant:
+        raise QuotaExceeded(
+            f"{active} jobs are already queued or running, the limit for this organization; "
+            "wait for one to finish or cancel one"
+        )
+    if repository.count(session, tenant_id) >= settings.max_jobs_per_tenant:
+        raise QuotaExceeded(f"this organization has reached its limit of {settings.max_jobs_per_tenant} jobs")
+    job = Job(
+        id=new_id("ftjob"),
+        tenant_id=tenant_id,
+        model=body.model,
+        training_file=training_file,
+        validation_file=validation_file,
+        method=config,
+        seed=seed,
+        suffix=body.suffix,
+        metadata_=dict(body.metadata or {}),
+        status="validating_files",
+        created_at=utcnow(),
+        max_attempts=settings.max_attempts,
+        # Publication time as far as the reconciler knows; it republishes jobs left waiting too long.
+        enqueued_at=utcnow(),
+        idempotency_key=idempotency_key,
+        request_hash=digest,
+    )
+    created = _event(job.id, f"Created fine-tuning job: {job.id}")
+    repository.insert(session, job, [created, _event(job.id, f"Validating training file: {training_file}")])
+    return job, True
+
+
+def replay(session: Session, tenant_id: str, idempotency_key: str, digest: str) -> Job | None:
+    """The job made under ``idempotency_key``, if any; ``Conflict`` if its request differed."""
+    earlier = repository.by_idempotency_key(session, tenant_id, idempotency_key)
+    if earlier is not None and earlier.request_hash != digest:
+        raise Conflict(
+            "this Idempotency-Key was already used with a different request body", param="Idempotency-Key"
+        )
+    return earlier
+
+
+def _event(job_id: str, message: str, **fields: Any) -> JobEvent:
+    return JobEvent(id=new_id("ftevent"), job_id=job_id, created_at=utcnow(), message=message, **fields)
+
+
+# --- read and cancel ------------------------------------------------------------------------------
+
+
+def get(session: Session, tenant_id: str, job_id: str) -> Job:
+    job = repository.get(session, tenant_id, job_id)
+    if job is None:
+        raise NotFound(f"no fine-tuning job {job_id!r}", param="fine_tuning_job_id")
+    return job
+
+
+def page(
+    session: Session,
+    tenant_id: str,
+    *,
+    after: str | None,
+    limit: int,
+    status: str | None,
+    metadata: Mapping[str, str],
+) -> tuple[list[Job], bool]:
+    cursor = None
+    if after is not None:
+        cursor = repository.get(session, tenant_id, after)
+        if cursor is None:
+            raise NotFound(f"no fine-tuning job {after!r} to page after", param="after")
+    return repository.page(session, tenant_id, after=cursor, limit=limit, status=status, metadata=metadata)
+
+
+def cancel(session: Session, tenant_id: str, job_id: str) -> Job:
+    """Cancel now if the job has not started; ask a running one to stop (``cancelling``).
+
+    Raises:
+        Conflict: the job has already finished.
+    """
+    for _ in range(3):  # a worker may move the job between our read and our write
+        job = get(session, tenant_id, job_id)
+        if job.status in TERMINAL:
+            raise Conflict(f"job {job_id} has already finished ({job.status}); there is nothing to cancel")
+        if job.status == "cancelling":
+            return job
+        if job.status == "running":
+            done = repository.transition(session, tenant_id, job_id, ("running",), status="cancelling")
+            message = "Cancellation requested; the job stops after its current step"
+        else:
+            done = repository.transition(
+                session,
+                tenant_id,
+                job_id,
+                ("validating_files", "queued"),
+                status="cancelled",
+                finished_at=utcnow(),
+            )
+            message = "Job cancelled"
+        session.refresh(job)
+        if done:
+            repository.add_event(session, _event(job_id, message))
+            return job
+    raise Conflict(f"job {job_id} kept changing state; retry the cancel")
+
+
+# --- events, checkpoints, metrics -----------------------------------------------------------------
+
+
+def events_page(
+    session: Session, tenant_id: str, job_id: str, *, after: str | None, limit: int
+) -> tuple[list[JobEvent], bool]:
+    get(session, tenant_id, job_id)
+    before_seq = None
+    if after is not None:
+        cursor = repository.event(session, tenant_id, job_id, after)
+        if cursor is None:
+            raise NotFound(f"no event {after!r} in job {job_id}", param="after")
+        before_seq = cursor.seq
+    return repository.events_page(session, tenant_id, job_id, before_seq=before_seq, limit=limit)
+
+
+def stream_start(session: Session, tenant_id: str, job_id: str, after: str | None) -> int:
+    """The seq a stream starts after: that of event ``after``, or 0 for the whole history."""
+    get(session, tenant_id, job_id)
+    if after is None:
+        return 0
+    cursor = repository.event(session, tenant_id, job_id, after)
+    if cursor is None:
+        raise NotFound(f"no event {after!r} in job {job_id}", param="after")
+    return cursor.seq
+
+
+def poll_events(
+    session: Session, tenant_id: str, job_id: str, after_seq: int, limit: int = 100
+) -> tuple[list[JobEvent], bool]:
+    """Events newer than ``after_seq`` (oldest first) and whether the job had finished before they
+    were read, so that a stream which stops on ``True`` has sent every event."""
+    finished = get(session, tenant_id, job_id).status in TERMINAL
+    return repository.events_since(session, tenant_id, job_id, after_seq=after_seq, limit=limit), finished
+
+
+def checkpoints_page(
+    session: Session, tenant_id: str, job_id: str, *, after: str | None, limit: int
+) -> tuple[list[JobCheckpoint], bool]:
+    get(session, tenant_id, job_id)
+    cursor = None
+    if after is not None:
+        cursor = repository.checkpoint(session, tenant_id, job_id, after)
+        if cursor is None:
+            raise NotFound(f"no checkpoint {after!r} in job {job_id}", param="after")
+    return repository.checkpoints_page(session, tenant_id, job_id, after=cursor, limit=limit)
+
+
+def metrics(session: Session, tenant_id: str, job_id: str) -> schemas.Metrics:
+    """Curves from the job's ``metrics`` events: each number in an event's data extends the series of
+    its name, indexed by the event's ``step`` and/or ``epoch``."""
+    get(session, tenant_id, job_id)
+    series: schemas.Metrics = {"train_loss": [], "val_accuracy": [], "val_loss": [], "lr": []}
+    for data in repository.metric_data(session, tenant_id, job_id):
+        step, epoch = data.get("step"), data.get("epoch")
+        for name, value in data.items():
+            if name in ("step", "epoch") or isinstance(value, bool) or not isinstance(value, int | float):
+                continue
+            if not math.isfinite(value):
+                continue
+            point = schemas.MetricPoint(step=step, epoch=epoch, value=float(value))
+            series.setdefault(name, []).append(point)
+    return series

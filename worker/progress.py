@@ -1,0 +1,185 @@
+"""The trainer callbacks of a job: progress and events in the database, cancel checks, checkpoint uploads.
+
+Every write is fenced by the job's lease (``worker.state.beat``), so a worker that lost the job stops
+at its next write with ``LeaseLost``; a cancel request stops it with ``TrainingInterrupted``, which
+the trainer lets through after its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+import posixpath
+import time
+from pathlib import Path
+from typing import Any
+
+from api.artifacts import ArtifactStore
+from api.db import session_scope
+from api.settings import Settings
+from grft_core.checkpoint import PREFIX, list_checkpoints
+from grft_core.errors import TrainingInterrupted
+from grft_core.selection import Selection
+from grft_core.trainer import EpochMetrics, StepInfo
+from worker import state
+from worker.state import Lease, LeaseLost
+
+# Progress rows are rewritten at most this often (each write is a heartbeat and a cancel check).
+PROGRESS_INTERVAL_S = 1.0
+# Per-step metrics events per run, at most: a loss curve of this many points is smooth enough.
+MAX_STEP_EVENTS = 500
+# Checkpoint files live far longer than a run; there is no reason to cap them below the store's limits.
+_NO_LIMIT = 1 << 50
+
+
+def checkpoint_key(job_id: str) -> str:
+    """Where a job's checkpoints live in the artifact store."""
+    return f"jobs/{job_id}/checkpoints"
+
+
+def _step_of(folder: Path | str) -> int:
+    return int(posixpath.basename(str(folder)).removeprefix(PREFIX))
+
+
+class JobReporter:
+    """Receives ``grft_core.trainer.fit`` callbacks for one job attempt."""
+
+    def __init__(self, settings: Settings, lease: Lease, store: ArtifactStore, heartbeat: Any) -> None:
+        self.url = settings.database_url
+        self.lease, self.store, self.heartbeat = lease, store, heartbeat
+        self.last_write = -math.inf
+        self.first: tuple[float, int] | None = None
+        self.last_step: StepInfo | None = None
+        self.last_epoch: EpochMetrics | None = None
+        self.prerequisites_uploaded = False
+
+    # -- helpers -------------------------------------------------------------------------------------
+
+    def _check(self) -> None:
+        if self.heartbeat.lost.is_set():
+            raise LeaseLost(self.lease.job_id)
+        if self.heartbeat.cancel.is_set():
+            raise TrainingInterrupted("cancelled")
+
+    def _write(self, event: dict[str, Any] | None = None, **progress: Any) -> None:
+        with session_scope(self.url) as session:
+            status = state.beat(session, self.lease, **progress)
+            if event is not None:
+                state.add_event(session, self.lease.job_id, **event)
+        self.last_write = time.monotonic()
+        if status == "cancelling":
+            self.heartbeat.cancel.set()
+            raise TrainingInterrupted("cancelled")
+
+    def _remaining(self, info: StepInfo, now: float) -> float:
+        if self.first is None or info.step <= self.first[1]:
+            return info.eta_s
+        # The mean over this attempt includes evaluation and checkpoints, unlike the last step's time.
+        per_step = (now - self.first[0]) / (info.step - self.first[1])
+        return per_step * (info.total_steps - info.step)
+
+    # -- callbacks -----------------------------------------------------------------------------------
+
+    def announce_resume(self, checkpoints: Path) -> None:
+        found = list_checkpoints(checkpoints)
+        if found:
+            step = _step_of(found[-1])
+            self._write({"message": f"Resuming from the checkpoint at step {step}", "data": {"step": step}})
+
+    def on_selection(self, selection: Selection) -> None:
+        self._check()
+        modules = {row["module"]: row["k"] for row in selection.summary()}
+        self._write(
+            {
+                "message": f"Selected {selection.num_selected} {selection.axis} in {len(modules)} matrices",
+                "type": "selection",
+                "data": {"axis": selection.axis, "selected": selection.num_selected, "modules": modules},
+            }
+        )
+
+    def on_step(self, info: StepInfo) -> None:
+        self._check()
+        now = time.monotonic()
+        if self.first is None:
+            self.first = (now, info.step)
+        self.last_step = info
+        every = max(1, math.ceil(info.total_steps / MAX_STEP_EVENTS))
+        last = info.step == info.total_steps
+        event = None
+        if info.step % every == 0 or last:
+            event = {
+                "message": f"Step {info.step}/{info.total_steps}: training loss={info.loss:.4f}",
+                "type": "metrics",
+                "data": {"step": info.step, "train_loss": info.loss, "lr": info.lr},
+            }
+        if event is not None or last or now - self.last_write >= PROGRESS_INTERVAL_S:
+            self._write(
+                event,
+                steps_completed=info.step,
+                total_steps=info.total_steps,
+                seconds_remaining=self._remaining(info, now),
+            )
+
+    def on_epoch(self, metrics: EpochMetrics) -> None:
+        self._check()
+        self.last_epoch = metrics
+        step = self.last_step.step if self.last_step else None
+        self._write(
+            {
+                "message": (
+                    f"Epoch {metrics.epoch + 1}: train loss={metrics.train_loss:.4f}, "
+                    f"val loss={metrics.val_loss:.4f}, val accuracy={metrics.val_accuracy:.4f}"
+                ),
+                "type": "metrics",
+                "data": {
+                    "epoch": metrics.epoch,
+                    "train_loss": metrics.train_loss,
+                    "val_loss": metrics.val_loss,
+                    "val_accuracy": metrics.val_accuracy,
+                    "step": step,
+                },
+            }
+        )
+
+    def on_checkpoint(self, step: int, path: Path) -> None:
+        self._check()
+        root = checkpoint_key(self.lease.job_id)
+        if not self.prerequisites_uploaded:
+            # Before any step folder: a complete step in the store implies the selection it needs.
+            if (path.parent / "selection").is_dir():
+                self.store.put_folder(f"{root}/selection", path.parent / "selection")
+            head_init = path.parent / "head_init.safetensors"
+            if head_init.is_file():
+                with head_init.open("rb") as source:
+                    self.store.put_file(f"{root}/{head_init.name}", source, _NO_LIMIT)
+            self.prerequisites_uploaded = True
+        uri = self.store.put_folder(f"{root}/{path.name}", path)
+        keep = [p.name for p in list_checkpoints(path.parent)]
+        if path.name not in keep:
+            keep.append(path.name)
+        for name in self._stored_steps(root):
+            if name not in keep:
+                self.store.delete(f"{root}/{name}")
+        metrics: dict[str, Any] = {"step": step}
+        if self.last_step is not None:
+            metrics["train_loss"] = self.last_step.loss
+        if self.last_epoch is not None:
+            metrics.update(
+                epoch=self.last_epoch.epoch,
+                val_loss=self.last_epoch.val_loss,
+                val_accuracy=self.last_epoch.val_accuracy,
+            )
+        with session_scope(self.url) as session:
+            status = state.record_checkpoint(
+                session, self.lease, step, uri, metrics, [_step_of(name) for name in keep]
+            )
+        if status == "cancelling":
+            self.heartbeat.cancel.set()
+            raise TrainingInterrupted("cancelled")
+
+    def _stored_steps(self, root: str) -> list[str]:
+        if not self.store.exists(root):
+            return []
+        names = (
+            posixpath.basename(p.rstrip("/")) for p in self.store.fs.ls(self.store.path(root), detail=False)
+        )
+        return [n for n in names if n.startswith(PREFIX)]
