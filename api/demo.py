@@ -48,18 +48,37 @@ def _wait_ready(client: httpx.Client, server: subprocess.Popen[bytes], timeout: 
     raise SystemExit("grft serve did not become ready in time")
 
 
+def _stop(server: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the server's process group (server and its worker), SIGKILL after 30 s."""
+    if server.poll() is not None:
+        return
+    os.killpg(server.pid, signal.SIGTERM)
+    try:
+        server.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait()
+
+
 def _check(response: httpx.Response) -> Any:
     if response.status_code >= 400:
-        raise SystemExit(f"{response.request.method} {response.request.url.path}: {response.status_code} {response.text}")
+        raise SystemExit(
+            f"{response.request.method} {response.request.url.path}: {response.status_code} {response.text}"
+        )
     return response.json()
 
 
 def run(out_dir: Path) -> None:
     """Run the demo with all state under ``out_dir``."""
     started = time.perf_counter()
+    out_dir = out_dir.resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     port = _free_port()
-    env = {**os.environ, "GRFT_HOME": str(out_dir / "home"), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
+    env = {
+        **os.environ,
+        "GRFT_HOME": str(out_dir / "home"),
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"),
+    }
     for var in ("GRFT_DATABASE_URL", "GRFT_BROKER_URL", "GRFT_ARTIFACT_URL"):
         env.pop(var, None)  # the embedded default
     log = (out_dir / "server.log").open("wb")
@@ -73,11 +92,7 @@ def run(out_dir: Path) -> None:
             _wait_ready(client, server)
             _demo(client, out_dir)
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
+        _stop(server)
         log.close()
     print(f"done in {time.perf_counter() - started:.0f}s; server stopped; files in {out_dir}/")
 
@@ -89,7 +104,9 @@ def _demo(client: httpx.Client, out_dir: Path) -> None:
         for path in sorted(folder.rglob("*.png")):
             zf.write(path, path.relative_to(folder).as_posix())
     with archive.open("rb") as f:
-        uploaded = _check(client.post("/v1/files", files={"file": ("digits.zip", f)}, data={"purpose": "fine-tune"}))
+        uploaded = _check(
+            client.post("/v1/files", files={"file": ("digits.zip", f)}, data={"purpose": "fine-tune"})
+        )
     print(f"2. uploaded {uploaded['filename']} ({uploaded['bytes']:,} bytes) as {uploaded['id']}")
     body = {
         "model": "mobilenetv2_100",
@@ -139,7 +156,8 @@ def _demo(client: httpx.Client, out_dir: Path) -> None:
     inputs = [{"image": base64.b64encode(p.read_bytes()).decode()} for p in samples]
     answer = _check(client.post(f"/v1/adapters/{adapter['id']}/predict", json={"inputs": inputs}))
     guesses = ", ".join(
-        f"{p.parent.name}->{d['label']} ({d['score']:.2f})" for p, d in zip(samples, answer["data"], strict=True)
+        f"{p.parent.name}->{d['label']} ({d['score']:.2f})"
+        for p, d in zip(samples, answer["data"], strict=True)
     )
     print(f"6. predict (true->predicted): {guesses}")
 

@@ -47,6 +47,8 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _fill_defaults(self) -> Settings:
+        # Relative homes (GRFT_HOME=demo-out/home) must still give absolute file:// URIs.
+        self.home = self.home.expanduser().resolve()
         if not self.database_url:
             self.database_url = f"sqlite:///{self.home / 'grft.db'}"
         if not self.broker_url:
