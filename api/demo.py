@@ -144,7 +144,8 @@ def _demo(client: httpx.Client, out_dir: Path) -> None:
     print(
         f"4. validation accuracy {metrics['initial_val_accuracy']:.3f} (new head) -> "
         f"{metrics['best_val_accuracy']:.3f} (after GRFT)\n"
-        f"   trainable {adapter['trainable_params']:,} parameters ({100 * metrics['trainable_share']:.2f}% of the model)\n"
+        f"   trainable {adapter['trainable_params']:,} parameters "
+        f"({100 * metrics['trainable_share']:.2f}% of the model)\n"
         f"   adapter {adapter['bytes']:,} bytes vs base model ~{base_bytes:,} bytes of fp32 weights"
     )
     tar_bytes = client.get(f"/v1/adapters/{adapter['id']}/content").content
