@@ -223,3 +223,35 @@ class TestInterruptions:
         assert job.error["code"] == "error"
         assert "simulated crash" in job.error["message"]
         assert sent == []
+
+
+class TestBadInputFailsAsUserError:
+    """Problems only the data or the model can reveal end the job as ``failed`` with ``user_error``."""
+
+    def test_corrupt_image_names_the_file(self, settings: Settings, make_job: MakeJob, sent: Sent) -> None:
+        from grft_core.sample_data import digits_image_folder
+
+        folder = digits_image_folder(settings.dataset_roots[0] / "digits", size=32, limit_per_class=3)
+        (folder / "3" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really an image")
+        job_id = make_job(folder.as_uri(), model="tiny-cnn")
+        assert tasks.validate_job(job_id) == "failed"
+        job = get_job(settings, job_id)
+        assert job.error is not None
+        assert job.error["code"] == "user_error"
+        assert "broken.png" in job.error["message"]
+        assert sent == []
+
+    def test_k_larger_than_every_matrix(
+        self, settings: Settings, make_job: MakeJob, dataset: Any, sent: Sent
+    ) -> None:
+        from tests.worker.conftest import METHOD
+
+        job_id = make_job(dataset.as_uri(), method={**METHOD, "k": 60_000})
+        assert tasks.validate_job(job_id) == "queued"
+        assert tasks.run_job(job_id) == "failed"
+        job = get_job(settings, job_id)
+        assert job.status == "failed"
+        assert job.error is not None
+        assert job.error["code"] == "user_error"
+        assert job.error["param"] == "k"
+        assert "larger than every eligible matrix" in job.error["message"]
