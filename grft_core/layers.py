@@ -44,7 +44,9 @@ class _RowDeltaLinear(torch.autograd.Function):
         grad_x = grad_delta = grad_bias = None
         if ctx.needs_input_grad[0]:
             grad_x = torch.matmul(grad_out, weight)
-            grad_x.add_(torch.matmul(grad_sel, delta).to(grad_x.dtype))
+            # In-place rank-k update: no (N, in) temporary for the delta's share of dx.
+            flat = grad_x.view(-1, grad_x.shape[-1])
+            flat.addmm_(grad_sel.reshape(-1, grad_sel.shape[-1]).to(flat.dtype), delta.to(flat.dtype))
         if ctx.needs_input_grad[2]:
             grad_bias = grad_out.reshape(-1, grad_out.shape[-1]).sum(0)
         if ctx.needs_input_grad[3]:
@@ -62,7 +64,8 @@ class _ColumnDeltaLinear(torch.autograd.Function):
     ) -> Tensor:
         x_sel = x.index_select(-1, indices)
         y = F.linear(x, weight, bias)
-        y.add_(torch.matmul(x_sel, delta.t()).to(y.dtype))
+        flat = y.view(-1, y.shape[-1])
+        flat.addmm_(x_sel.reshape(-1, x_sel.shape[-1]).to(flat.dtype), delta.t().to(flat.dtype))
         ctx.save_for_backward(x_sel if ctx.needs_input_grad[3] else None, weight, delta, indices)
         return y
 
