@@ -3,15 +3,13 @@ transaction rolled back at the end, and API keys for two tenants."""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from alembic import command
 from alembic.config import Config
 from fastapi.testclient import TestClient
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session
 
@@ -19,9 +17,9 @@ from api.auth.service import create_key
 from api.deps import get_session
 from api.main import create_app
 from api.settings import Settings
+from tests.postgres import fresh_database
 
 ROOT = Path(__file__).resolve().parents[2]
-PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 REDIS_URL = "redis://127.0.0.1:6379/15"
 
 
@@ -34,21 +32,8 @@ def alembic_config(url: str) -> Config:
 @pytest.fixture(scope="session")
 def database_url() -> Iterator[str]:
     """A fresh Postgres database for this test session, upgraded to head, dropped at the end."""
-    from api.db import get_engine
-
-    name = f"grft_test_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    command.upgrade(alembic_config(url), "head")
-    yield url
-    for cached in {get_engine(u) for u in (url,)}:
-        cached.dispose()
-    get_engine.cache_clear()
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    with fresh_database("grft_test") as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

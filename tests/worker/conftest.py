@@ -10,20 +10,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, text, update
+from sqlalchemy import update
 
 from api.artifacts import ArtifactStore
 from api.auth.models import Tenant
-from api.cli import upgrade_database
-from api.db import get_engine, session_scope, utcnow
+from api.db import session_scope, utcnow
 from api.files.models import File
 from api.ids import new_id
 from api.jobs.models import Job
 from api.settings import Settings
 from grft_core.config import GRFTConfig
 from tests.conftest import make_texts
+from tests.postgres import fresh_database
 
-PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 REDIS_URL = "redis://127.0.0.1:6379/14"
 LABELS = ["sport", "business", "arts"]
 # Small enough to train in about a second on one core, with checkpoints every 2 of its 12 steps.
@@ -42,17 +41,8 @@ METHOD: dict[str, Any] = GRFTConfig.from_dict(
 
 @pytest.fixture(scope="session")
 def database_url() -> Iterator[str]:
-    name = f"grft_worker_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    upgrade_database(Settings(database_url=url))
-    yield url
-    get_engine(url).dispose()
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    with fresh_database("grft_worker") as url:
+        yield url
 
 
 @pytest.fixture
