@@ -6,6 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from api.pagination import CursorPage
+
 #: ``grft`` is the adapter folder as trained; ``peft_lora`` its exact PEFT LoRA export.
 ContentFormat = Literal["grft", "peft_lora"]
 
@@ -27,14 +29,8 @@ class Adapter(BaseModel):
     metrics: dict[str, Any] = Field(default_factory=dict)
 
 
-class AdapterList(BaseModel):
+class AdapterList(CursorPage[Adapter]):
     model_config = ConfigDict(extra="forbid")
-
-    object: Literal["list"] = "list"
-    data: list[Adapter]
-    has_more: bool
-    first_id: str | None = None
-    last_id: str | None = None
 
 
 class AdapterDeleted(BaseModel):

@@ -72,13 +72,7 @@ def list_adapters(session: Session, tenant: Tenant, *, after: str | None, limit:
             raise NotFound(f"no adapter with id {after!r} to list after", param="after")
     # One extra row tells whether another page exists without a COUNT query.
     rows = repository.page(session, tenant.id, limit=limit + 1, after=cursor)
-    data = [to_schema(row) for row in rows[:limit]]
-    return schemas.AdapterList(
-        data=data,
-        has_more=len(rows) > limit,
-        first_id=data[0].id if data else None,
-        last_id=data[-1].id if data else None,
-    )
+    return schemas.AdapterList.of([to_schema(row) for row in rows[:limit]], len(rows) > limit)
 
 
 def artifact_key(store: ArtifactStore, row: Adapter) -> str:

@@ -208,7 +208,7 @@ def list_files(
     purpose: Literal["fine-tune"] | None = None,
 ) -> FileList:
     rows, has_more = service.page(session, tenant.id, after=after, limit=limit, purpose=purpose)
-    return FileList.of(rows, has_more)
+    return FileList.of_rows(rows, has_more)
 
 
 @router.get("/{file_id}", responses=error_responses(Unauthorized, NotFound))

@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import BaseModel
 
 from api.files.models import File
+from api.pagination import CursorPage
 
 PURPOSES = ("fine-tune",)
 
@@ -37,22 +38,10 @@ class FileObject(BaseModel):
         )
 
 
-class FileList(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[FileObject]
-    has_more: bool
-    first_id: str | None
-    last_id: str | None
-
+class FileList(CursorPage[FileObject]):
     @classmethod
-    def of(cls, rows: list[File], has_more: bool) -> FileList:
-        data = [FileObject.of(r) for r in rows]
-        return cls(
-            data=data,
-            has_more=has_more,
-            first_id=data[0].id if data else None,
-            last_id=data[-1].id if data else None,
-        )
+    def of_rows(cls, rows: list[File], has_more: bool) -> FileList:
+        return cls.of([FileObject.of(r) for r in rows], has_more)
 
 
 class FileDeleted(BaseModel):

@@ -98,13 +98,7 @@ def list_jobs(
     rows, has_more = service.page(
         session, tenant.id, after=after, limit=limit, status=status, metadata=metadata
     )
-    data = [Job.of(job) for job in rows]
-    return JobList(
-        data=data,
-        has_more=has_more,
-        first_id=data[0].id if data else None,
-        last_id=data[-1].id if data else None,
-    )
+    return JobList.of([Job.of(job) for job in rows], has_more)
 
 
 @router.get("/{job_id}", responses=error_responses(Unauthorized, NotFound))
@@ -141,13 +135,7 @@ def list_events(
         session.rollback()  # end the read transaction: the stream polls in fresh ones
         return EventSourceResponse(_event_stream(session, tenant_id, job_id, start))
     rows, has_more = service.events_page(session, tenant_id, job_id, after=after, limit=limit)
-    data = [JobEvent.of(e) for e in rows]
-    return JobEventList(
-        data=data,
-        has_more=has_more,
-        first_id=data[0].id if data else None,
-        last_id=data[-1].id if data else None,
-    )
+    return JobEventList.of([JobEvent.of(e) for e in rows], has_more)
 
 
 def _poll(
@@ -189,13 +177,7 @@ def list_checkpoints(
     job_id: JobId, session: SessionDep, tenant: TenantDep, after: Cursor = None, limit: Limit = 10
 ) -> CheckpointList:
     rows, has_more = service.checkpoints_page(session, tenant.id, job_id, after=after, limit=limit)
-    data = [Checkpoint.of(c) for c in rows]
-    return CheckpointList(
-        data=data,
-        has_more=has_more,
-        first_id=data[0].id if data else None,
-        last_id=data[-1].id if data else None,
-    )
+    return CheckpointList.of([Checkpoint.of(c) for c in rows], has_more)
 
 
 @router.get(

@@ -14,6 +14,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstr
 
 from api.files.schemas import unix
 from api.jobs import models
+from api.pagination import CursorPage
 from grft_core.config import Axis, GRFTConfig, Precision, ScoreMode, SelectionLoss
 
 MethodType = Literal["grft", "full", "linear_probe", "lora", "supervised"]
@@ -229,12 +230,8 @@ class Job(BaseModel):
         )
 
 
-class JobList(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[Job]
-    has_more: bool
-    first_id: str | None = None
-    last_id: str | None = None
+class JobList(CursorPage[Job]):
+    pass
 
 
 class JobEvent(BaseModel):
@@ -258,12 +255,8 @@ class JobEvent(BaseModel):
         )
 
 
-class JobEventList(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[JobEvent]
-    has_more: bool
-    first_id: str | None = None
-    last_id: str | None = None
+class JobEventList(CursorPage[JobEvent]):
+    pass
 
 
 class Checkpoint(BaseModel):
@@ -287,12 +280,8 @@ class Checkpoint(BaseModel):
         )
 
 
-class CheckpointList(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[Checkpoint]
-    has_more: bool
-    first_id: str | None = None
-    last_id: str | None = None
+class CheckpointList(CursorPage[Checkpoint]):
+    pass
 
 
 class MetricPoint(BaseModel):
