@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from api.auth.models import Tenant
 from api.auth.service import authenticate, local_tenant
-from api.db import session_factory
+from api.db import session_scope
 from api.settings import Settings
 
 
@@ -24,15 +24,8 @@ SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 
 def get_session(settings: SettingsDep) -> Iterator[Session]:
     """One session per request; committed once by the request wrapper, never by services."""
-    session = session_factory(settings.database_url)()
-    try:
+    with session_scope(settings.database_url) as session:
         yield session
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
-    finally:
-        session.close()
 
 
 SessionDep = Annotated[Session, Depends(get_session)]
