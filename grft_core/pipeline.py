@@ -21,7 +21,6 @@ from grft_core.adapter import (
     Adapter,
     adapter_tensors,
     apply_adapter,
-    backbone_fingerprint,
     load_adapter,
     save_adapter,
 )
@@ -83,7 +82,8 @@ def train_to_folder(
     base_state = (
         {k: v.clone() for k, v in model.state_dict().items()} if config.method == "masked_dense" else None
     )
-    fingerprint = backbone_fingerprint(model)
+    # registry.load has just checked the stored weights against this fingerprint; hashing again is waste.
+    fingerprint = spec.fingerprint
     result = fit(
         model,
         train.items,
@@ -224,8 +224,8 @@ def export_peft(adapter_dir: Path, out: Path, registry: ModelRegistry | None = N
     cfg = adapter.config
     if adapter.method not in GRFT_KINDS:
         raise AdapterError(f"a {adapter.method} adapter cannot be exported as LoRA", param="method")
-    model, _ = registry.load(cfg["base_model"], num_labels=len(cfg["labels"]), seed=0)
-    if cfg.get("base_fingerprint") and backbone_fingerprint(model) != cfg["base_fingerprint"]:
+    model, spec = registry.load(cfg["base_model"], num_labels=len(cfg["labels"]), seed=0)
+    if cfg.get("base_fingerprint") and spec.fingerprint != cfg["base_fingerprint"]:
         raise FingerprintMismatch(
             "the registered base weights differ from the adapter's", param="base_fingerprint"
         )
