@@ -15,9 +15,11 @@ from typing import Any, Literal, get_args
 
 from grft_core.errors import ConfigError
 
-Method = Literal["grft", "masked_dense", "full", "linear_probe", "lora"]
+Method = Literal["grft", "masked_dense", "full", "linear_probe", "lora", "gps"]
 Axis = Literal["rows", "columns"]
 SelectionLoss = Literal["scl", "ce"]
+#: ``random`` is the control: the same k per matrix, chosen by a seeded draw instead of by gradients.
+SelectionStrategy = Literal["gradient", "random"]
 ScoreMode = Literal["accumulated", "per_batch"]
 Precision = Literal["auto", "fp32", "bf16"]
 Device = Literal["auto", "cpu", "cuda"]
@@ -41,6 +43,7 @@ class GRFTConfig:
     selection_samples: int | None = None
     selection_batch_size: int = 32
     score_mode: ScoreMode = "accumulated"
+    selection_strategy: SelectionStrategy = "gradient"
     # 0.07 is the SupCon / GPS temperature: low enough that same-class pairs dominate the softmax.
     scl_temperature: float = 0.07
     include_depthwise: bool = False
@@ -61,6 +64,8 @@ class GRFTConfig:
     # --- baselines ---
     lora_rank: int = 8
     lora_alpha: float = 16.0
+    # GPS-style baseline: the entries of each row with the largest gradient magnitude train (masked).
+    gps_per_row: int = 1
     # --- inputs and hardware ---
     image_size: int | None = None
     max_length: int | None = None
@@ -76,6 +81,7 @@ class GRFTConfig:
         self._check_literal("axis", Axis)
         self._check_literal("selection_loss", SelectionLoss)
         self._check_literal("score_mode", ScoreMode)
+        self._check_literal("selection_strategy", SelectionStrategy)
         self._check_literal("precision", Precision)
         self._check_literal("device", Device)
         if isinstance(self.k, Mapping):
@@ -103,6 +109,7 @@ class GRFTConfig:
         _int_in("seed", self.seed, 0, 2**31 - 1)
         _int_in("lora_rank", self.lora_rank, 1, 4096)
         _float_in("lora_alpha", self.lora_alpha, 1e-6, 1e6)
+        _int_in("gps_per_row", self.gps_per_row, 1, MAX_K)
         if self.image_size is not None:
             _int_in("image_size", self.image_size, 8, 1024)
         if self.max_length is not None:
