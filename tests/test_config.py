@@ -16,7 +16,11 @@ from grft_core.errors import ConfigError
         ("k", {}, "k must not be an empty map"),
         ("k", {"qkv": 0}, "k['qkv'] must be between 1"),
         ("axis", "diagonal", "axis must be one of 'rows', 'columns'"),
-        ("method", "sgd", "method must be one of 'grft', 'masked_dense', 'full', 'linear_probe', 'lora', 'gps'"),
+        (
+            "method",
+            "sgd",
+            "method must be one of 'grft', 'masked_dense', 'full', 'linear_probe', 'lora', 'gps'",
+        ),
         ("l2_lambda", -1e-4, "l2_lambda must be between 0 and 1000"),
         ("l2_lambda", float("nan"), "l2_lambda must be between"),
         ("lr", 0.0, "lr must be between"),
