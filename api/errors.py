@@ -14,6 +14,7 @@ GrftError (grft_core.errors)          400  grft_error
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -48,6 +49,10 @@ class QuotaExceeded(GrftError):
     status_code = 429
     code = "rate_limited"
 
+    def __init__(self, message: str, *, param: str | None = None, retry_after: float | None = None) -> None:
+        super().__init__(message, param=param)
+        self.retry_after = retry_after
+
 
 class BadRequest(GrftError):
     status_code = 400
@@ -69,7 +74,9 @@ def install_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(GrftError)
     async def _grft(_: Request, exc: GrftError) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else {}
+        if (retry := getattr(exc, "retry_after", None)) is not None:
+            headers["Retry-After"] = str(max(1, math.ceil(retry)))
         return JSONResponse(error_body(exc.code, exc.message, exc.param), exc.status_code, headers=headers)
 
     @app.exception_handler(RequestValidationError)

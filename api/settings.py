@@ -44,6 +44,13 @@ class Settings(BaseSettings):
     dataset_roots: list[Path] = Field(default_factory=list)
     predict_max_items: int = Field(default=64, ge=1, le=4096)
     predict_max_input_bytes: int = Field(default=4 * 1024 * 1024, ge=1)
+    # Prediction requests (one-adapter or batched) per tenant per minute, per replica; 0: no limit.
+    predict_rate_per_minute: int = Field(default=600, ge=0)
+    inference_cache_bytes: int = Field(default=1 << 30, ge=1)
+    inference_max_adapters: int | None = Field(default=None, ge=1)
+    inference_max_batch: int = Field(default=64, ge=1, le=4096)
+    inference_max_wait_ms: float = Field(default=5.0, ge=0, le=1000)
+    metrics_enabled: bool = True
 
     @model_validator(mode="after")
     def _fill_defaults(self) -> Settings:

@@ -19,7 +19,8 @@ from tests.serving_helpers import write_random_adapter
 def folders(registry, tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("adapters")
     return {
-        f"a{i}": write_random_adapter(root / f"a{i}", registry, "tiny-bert", seed=i + 1, k=2) for i in range(4)
+        f"a{i}": write_random_adapter(root / f"a{i}", registry, "tiny-bert", seed=i + 1, k=2)
+        for i in range(4)
     }
 
 
@@ -124,10 +125,16 @@ def test_refused_adapters_leave_nothing(engine, folders, registry, tmp_path):
 
 def test_leased_context_releases_on_error(engine, folders):
     cache = _cache(engine, 10**9)
-    with pytest.raises(RuntimeError), cache.leased([("a0", lambda: folders["a0"])]) as served:
-        assert served["a0"].id == "a0"
-        assert cache.entries()[0].leases == 1
-        raise RuntimeError("boom")
+    seen: list[int] = []
+
+    def fail_while_leased() -> None:
+        with cache.leased([("a0", lambda: folders["a0"])]) as served:
+            seen.append(cache.entries()[0].leases)
+            raise RuntimeError(served["a0"].id)
+
+    with pytest.raises(RuntimeError, match="a0"):
+        fail_while_leased()
+    assert seen == [1]
     assert cache.entries()[0].leases == 0
 
 

@@ -47,6 +47,21 @@ class PredictRequest(BaseModel):
     inputs: list[PredictInput] = Field(min_length=1, max_length=MAX_ITEMS_CEILING)
 
 
+class PredictionItem(BaseModel):
+    """One item of a batched call: the adapter to use and its input."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    adapter: str = Field(min_length=1, max_length=64, description="An adapter id of this organization.")
+    input: PredictInput
+
+
+class PredictionsRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    items: list[PredictionItem] = Field(min_length=1, max_length=MAX_ITEMS_CEILING)
+
+
 class LabelScore(BaseModel):
     model_config = ConfigDict(extra="forbid")
 

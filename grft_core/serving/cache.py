@@ -67,6 +67,8 @@ class AdapterCache:
         engine_for: the engine serving a base model name (created on first use by the caller).
         budget_bytes: unload least recently used adapters while the loaded bytes exceed this.
         max_adapters: also keep at most this many loaded (None: no count limit).
+        on_unload: called with an adapter's id whenever it leaves (evicted, or refused while loading),
+            e.g. to delete its downloaded files.
     """
 
     def __init__(
@@ -75,12 +77,14 @@ class AdapterCache:
         *,
         budget_bytes: int,
         max_adapters: int | None = None,
+        on_unload: Callable[[str], None] | None = None,
     ) -> None:
         if budget_bytes <= 0:
             raise ValueError("budget_bytes must be positive")
         self.engine_for = engine_for
         self.budget_bytes = budget_bytes
         self.max_adapters = max_adapters
+        self.on_unload = on_unload
         self.stats = CacheStats()
         self._entries: OrderedDict[str, CacheEntry] = OrderedDict()
         self._lock = threading.Lock()  # guards _entries and stats; held briefly
@@ -150,6 +154,7 @@ class AdapterCache:
         if entry is None:
             return False
         self.engine_for(entry.base_model).remove(adapter_id)
+        self._unloaded(adapter_id)
         return True
 
     def entries(self) -> list[CacheEntry]:
@@ -186,29 +191,41 @@ class AdapterCache:
                 assert hit is not None
                 return hit
             started = time.perf_counter()
-            adapter = load_adapter(fetch())
-            base = str(adapter.config.get("base_model", ""))
-            if not base:
-                raise AdapterError(f"adapter {adapter_id} names no base_model", param="base_model")
-            engine = self.engine_for(base)
-            served = engine.add(adapter_id, adapter)
-            if served.nbytes > self.budget_bytes:
-                engine.remove(adapter_id)
-                raise AdapterError(
-                    f"adapter {adapter_id} needs {served.nbytes:,} bytes, more than the whole cache budget "
-                    f"of {self.budget_bytes:,}",
-                    param="adapter_id",
-                )
+            try:
+                engine, served = self._load(adapter_id, fetch)
+            except BaseException:
+                self._unloaded(adapter_id)
+                raise
             seconds = time.perf_counter() - started
             now = time.time()
             with self._lock:
                 self._entries[adapter_id] = CacheEntry(
-                    adapter_id, base, served.nbytes, False, lease, now, now, seconds
+                    adapter_id, served.base_model, served.nbytes, False, lease, now, now, seconds
                 )
                 self.stats.misses += 1
                 self.stats.load_seconds_total += seconds
         self._shrink()
         return engine, served
+
+    def _load(self, adapter_id: str, fetch: Fetch) -> tuple[ServingEngine, ServedAdapter]:
+        adapter = load_adapter(fetch())
+        base = str(adapter.config.get("base_model", ""))
+        if not base:
+            raise AdapterError(f"adapter {adapter_id} names no base_model", param="base_model")
+        engine = self.engine_for(base)
+        served = engine.add(adapter_id, adapter)
+        if served.nbytes > self.budget_bytes:
+            engine.remove(adapter_id)
+            raise AdapterError(
+                f"adapter {adapter_id} needs {served.nbytes:,} bytes, more than the whole cache budget "
+                f"of {self.budget_bytes:,}",
+                param="adapter_id",
+            )
+        return engine, served
+
+    def _unloaded(self, adapter_id: str) -> None:
+        if self.on_unload is not None:
+            self.on_unload(adapter_id)
 
     def _shrink(self) -> None:
         """Unload least recently used, unpinned, unleased adapters until within budget and count."""
@@ -230,3 +247,4 @@ class AdapterCache:
                 self.stats.evictions += len(victims)
             for entry in victims:
                 self.engine_for(entry.base_model).remove(entry.id)
+                self._unloaded(entry.id)

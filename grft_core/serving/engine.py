@@ -38,6 +38,7 @@ class ServedAdapter:
 
     Attributes:
         id: the caller's name for it.
+        base_model: the base it was trained on (from its config).
         slot: its slot in every bank (>= 1).
         labels: class names, in head order.
         axis: rows or columns.
@@ -48,6 +49,7 @@ class ServedAdapter:
     """
 
     id: str
+    base_model: str
     slot: int
     labels: tuple[str, ...]
     axis: Axis
@@ -181,6 +183,7 @@ class ServingEngine:
             train_cfg = cfg.get("config") or {}
             served = ServedAdapter(
                 id=adapter_id,
+                base_model=str(cfg.get("base_model", "")),
                 slot=slot,
                 labels=labels,
                 axis=axis,

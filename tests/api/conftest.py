@@ -17,6 +17,7 @@ from api.auth.service import create_key
 from api.deps import get_session
 from api.main import create_app
 from api.settings import Settings
+from tests.api.fixtures import add, bert, cnn3, cnn10, digit_pngs  # noqa: F401  (shared fixtures)
 from tests.postgres import fresh_database
 
 ROOT = Path(__file__).resolve().parents[2]
