@@ -51,6 +51,10 @@ class Settings(BaseSettings):
     inference_max_batch: int = Field(default=64, ge=1, le=4096)
     inference_max_wait_ms: float = Field(default=5.0, ge=0, le=1000)
     metrics_enabled: bool = True
+    # Intra-op threads of torch in the worker's training and the API's inference; 0 keeps torch's
+    # default (one per core). Set it when a worker and an API replica share a machine's cores:
+    # two processes each spinning one thread per core slow each other down many times over.
+    torch_threads: int = Field(default=0, ge=0, le=1024)
 
     @model_validator(mode="after")
     def _fill_defaults(self) -> Settings:

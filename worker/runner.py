@@ -231,8 +231,17 @@ def _settle(
 # --- training ---------------------------------------------------------------------------------------
 
 
+def apply_torch_threads(settings: Settings) -> None:
+    """Use ``settings.torch_threads`` intra-op threads in this process, when set."""
+    if settings.torch_threads:
+        import torch
+
+        torch.set_num_threads(settings.torch_threads)
+
+
 def run_job(settings: Settings, job_id: str, publish: Publish) -> str:
     """Claim a queued job and train it; returns the state the job was left in (or ``skipped``)."""
+    apply_torch_threads(settings)
     with session_scope(settings.database_url) as session:
         lease = state.claim_run(session, job_id)
         if lease is None:

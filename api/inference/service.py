@@ -245,6 +245,8 @@ def service_for(state: Any, settings: Settings, **kwargs: Any) -> InferenceServi
         with _create_lock:
             service = getattr(state, _STATE_ATTR, None)
             if service is None:
+                if settings.torch_threads:
+                    torch.set_num_threads(settings.torch_threads)
                 service = InferenceService(
                     ArtifactStore(settings.artifact_url),
                     ModelRegistry(settings.model_dir),
