@@ -170,7 +170,7 @@ class MultiAdapterLayer(nn.Module):
         """The base output, plus each item's adapter rows/columns and bias delta."""
         y: Tensor = self.base_layer(x)
         slots = self.slots.slots
-        if slots is None:
+        if slots is None or not self.slots.axes:  # no item of this batch has an adapter
             return y
         if x.shape[0] != slots.shape[0]:
             raise RuntimeError(f"layer input batch {x.shape[0]} != {slots.shape[0]} items")
@@ -187,7 +187,8 @@ class MultiAdapterLayer(nn.Module):
                 y = (_linear_rows if axis == "rows" else _linear_columns)(x, y, bank, own)
         if self.bias is not None:
             b = self.bias[slots * (slots < self.bias.shape[0])]
-            y = y + (b.view(b.shape[0], -1, 1, 1) if conv else b.view(b.shape[0], *([1] * (y.dim() - 2)), -1))
+            # In place: the base output is this layer's own fresh tensor, and inference keeps no graph.
+            y.add_(b.view(b.shape[0], -1, 1, 1) if conv else b.view(b.shape[0], *([1] * (y.dim() - 2)), -1))
         return y
 
 
@@ -213,8 +214,13 @@ def _linear_columns(x: Tensor, y: Tensor, bank: SlotBank, slots: Tensor) -> Tens
 def _conv_rows(conv: nn.Conv2d, x: Tensor, y: Tensor, bank: SlotBank, slots: Tensor) -> Tensor:
     b, k = x.shape[0], bank.k
     in_per_group = conv.weight.shape[1]
-    kernel = bank.delta[slots].reshape(b * k, in_per_group, *conv.weight.shape[2:])
     index = bank.indices[slots]  # (B, k) output channels
+    if _pointwise(conv):
+        # A 1x1, stride-1 convolution is a matmul over pixels: (B, k, C) @ (B, C, H·W).
+        planes = torch.bmm(bank.delta[slots], x.reshape(b, x.shape[1], -1).to(bank.delta.dtype))
+        planes = planes.view(b, k, *y.shape[2:])
+        return y.scatter_add_(1, index[:, :, None, None].expand_as(planes), planes.to(y.dtype))
+    kernel = bank.delta[slots].reshape(b * k, in_per_group, *conv.weight.shape[2:])
     if conv.groups == 1:
         # The batch becomes the groups: item b's k kernels see only item b's channels.
         planes = F.conv2d(
@@ -238,12 +244,19 @@ def _conv_rows(conv: nn.Conv2d, x: Tensor, y: Tensor, bank: SlotBank, slots: Ten
             b * k,
         )
     planes = planes.view(b, k, *y.shape[2:])
-    return y.scatter_add(1, index[:, :, None, None].expand_as(planes), planes.to(y.dtype))
+    return y.scatter_add_(1, index[:, :, None, None].expand_as(planes), planes.to(y.dtype))
 
 
 def _conv_columns(conv: nn.Conv2d, x: Tensor, y: Tensor, bank: SlotBank, slots: Tensor) -> Tensor:
     assert not isinstance(conv.padding, str)  # refused when the layer was built
     b, k = x.shape[0], bank.k
+    if _pointwise(conv):
+        # Column c of a 1x1 kernel reads input channel c: gather the k channels, one batched matmul.
+        channels = bank.indices[slots]
+        picked = x.reshape(b, x.shape[1], -1).gather(
+            1, channels[:, :, None].expand(-1, -1, y.shape[2] * y.shape[3])
+        )
+        return y.view(b, y.shape[1], -1).baddbmm_(bank.delta[slots], picked.to(y.dtype)).view_as(y)
     kh, kw = conv.weight.shape[2:]
     (ph, pw), (sh, sw), (dh, dw) = conv.padding, conv.stride, conv.dilation
     h_out, w_out = y.shape[2:]
@@ -259,7 +272,7 @@ def _conv_columns(conv: nn.Conv2d, x: Tensor, y: Tensor, bank: SlotBank, slots: 
     if conv.groups == 1:
         planes = xp[item[:, None, None, None], c[:, :, None, None], rows[:, :, :, None], cols[:, :, None, :]]
         out = torch.bmm(delta, planes.reshape(b, k, -1).to(delta.dtype))  # (B, out, h·w)
-        return y + out.view_as(y).to(y.dtype)
+        return y.add_(out.view_as(y).to(y.dtype))
     in_per_group = conv.weight.shape[1]
     out_per_group = conv.out_channels // conv.groups
     group = torch.div(torch.arange(conv.out_channels, device=x.device), out_per_group, rounding_mode="floor")
@@ -270,4 +283,14 @@ def _conv_columns(conv: nn.Conv2d, x: Tensor, y: Tensor, bank: SlotBank, slots: 
         rows[:, None, :, :, None],
         cols[:, None, :, None, :],
     ]  # (B, out, k, h, w)
-    return y + (planes * delta[:, :, :, None, None].to(planes.dtype)).sum(2).to(y.dtype)
+    return y.add_((planes * delta[:, :, :, None, None].to(planes.dtype)).sum(2).to(y.dtype))
+
+
+def _pointwise(conv: nn.Conv2d) -> bool:
+    """A 1x1 convolution with stride 1, no padding and no groups: a per-pixel matmul."""
+    return (
+        conv.groups == 1
+        and tuple(conv.kernel_size) == (1, 1)
+        and tuple(conv.stride) == (1, 1)
+        and tuple(conv.padding) == (0, 0)
+    )
