@@ -5,6 +5,8 @@ masked-dense reference and linear probing, which it also represents exactly) the
 ``<module>.grft_indices`` (int32), ``<module>.grft_delta`` (the selected rows or columns),
 ``<module>.grft_bias`` (bias deltas, when trained) and ``task_head.weight``/``task_head.bias``. LoRA runs keep
 their ``lora_A``/``lora_B`` tensors and full fine-tuning its whole state; both exist for comparison.
+The GPS-style baseline stores its chosen entries and their changes (``<module>.gps_indices``,
+``<module>.gps_values``, ``<module>.gps_bias``; see ``grft_core.gps``) and loads them merged.
 
 Loading checks the base model's fingerprint, so an adapter is never applied to other weights.
 """
@@ -26,6 +28,7 @@ from torch import Tensor, nn
 
 from grft_core.config import GRFTConfig
 from grft_core.errors import AdapterError, FingerprintMismatch
+from grft_core.gps import add_gps_tensors, gps_adapter_tensors
 from grft_core.layers import module_weight
 from grft_core.methods import inject_lora
 from grft_core.model import HEAD, apply_grft, freeze, grft_layers, merge_all, unmerge_all
@@ -36,6 +39,7 @@ WEIGHTS_NAME = "adapter_model.safetensors"
 FORMAT = "grft-adapter"
 FORMAT_VERSION = 1
 GRFT_KINDS = ("grft", "masked_dense", "linear_probe")
+_DELTA_SUFFIXES = (".grft_delta", ".grft_bias", ".gps_values", ".gps_bias")
 
 
 @dataclass
@@ -82,13 +86,14 @@ def adapter_tensors(
     Args:
         model: the trained classifier.
         method: the method it was trained with.
-        base_state: pre-trained ``model.state_dict()`` (needed for ``masked_dense`` to compute deltas).
-        selection_indices: the selection (needed for ``masked_dense``).
+        base_state: pre-trained ``model.state_dict()`` (needed for ``masked_dense`` and ``gps`` to
+            compute deltas).
+        selection_indices: the selection (needed for ``masked_dense`` and ``gps``).
         axis: the selection axis (``masked_dense``).
     Returns:
         name → tensor (CPU, contiguous).
     Raises:
-        AdapterError: ``masked_dense`` without its base state or selection.
+        AdapterError: ``masked_dense`` or ``gps`` without its base state or selection.
     """
     out: dict[str, Tensor] = {}
     if method == "grft":
@@ -111,6 +116,10 @@ def adapter_tensors(
             bias = getattr(model.get_submodule(name), "bias", None)
             if bias is not None and bias.requires_grad:
                 out[f"{name}.grft_bias"] = bias.detach() - base_state[f"{name}.bias"]
+    elif method == "gps":
+        if base_state is None or selection_indices is None:
+            raise AdapterError("gps adapters need the base weights and the selection", param="method")
+        out.update(gps_adapter_tensors(model, base_state, selection_indices))
     elif method == "lora":
         out.update({n: p.detach() for n, p in model.named_parameters() if "lora_" in n})
     elif method == "full":
@@ -133,7 +142,8 @@ def save_adapter(
         folder: destination; replaced if it exists.
         tensors: from ``adapter_tensors``.
         config: the config document (method, base model, fingerprint, labels, preprocessing, metrics...).
-        fp16: store floating deltas in float16 (indices stay int32; the head stays in its dtype).
+        fp16: store floating deltas (GRFT rows, GPS values, bias deltas) in float16 (indices stay int32;
+            the head stays in its dtype).
     Returns:
         ``folder``.
     """
@@ -142,7 +152,7 @@ def save_adapter(
     doc.setdefault("format_version", FORMAT_VERSION)
     stored = {}
     for name, t in tensors.items():
-        if fp16 and t.is_floating_point() and (name.endswith(".grft_delta") or name.endswith(".grft_bias")):
+        if fp16 and t.is_floating_point() and name.endswith(_DELTA_SUFFIXES):
             t = t.half()
         stored[name] = t
     doc["dtype"] = "float16" if fp16 else str(next(iter(tensors.values())).dtype).removeprefix("torch.")
@@ -216,6 +226,8 @@ def apply_adapter(model: nn.Module, adapter: Adapter, *, check_fingerprint: bool
                     layer.grft_delta.copy_(t[f"{m}.grft_delta"])
                     if layer.grft_bias is not None and f"{m}.grft_bias" in t:
                         layer.grft_bias.copy_(t[f"{m}.grft_bias"])
+        elif method == "gps":
+            add_gps_tensors(model, t)
         elif method == "lora":
             inject_lora(model, GRFTConfig.from_dict(adapter.config["config"]))
             params = dict(model.named_parameters())

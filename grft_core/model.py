@@ -180,6 +180,23 @@ def apply_masked_dense(
     """
     freeze(model)
     masks = masks_from_indices(model, indices, axis)
+    apply_weight_masks(model, masks, train_bias=train_bias)
+    return masks
+
+
+def apply_weight_masks(model: nn.Module, masks: Mapping[str, Tensor], *, train_bias: bool = True) -> None:
+    """Make the named modules' weights train whole with gradients multiplied by ``masks``, in place.
+
+    Entries where the mask is false get a zero gradient (the L2 term's included), so Adam never moves
+    them. The head stays trainable; nothing else is frozen here (callers freeze first).
+
+    Args:
+        model: the classifier.
+        masks: module name → boolean mask of the weight's shape (any pattern: rows, columns, entries).
+        train_bias: also train each masked module's bias, unmasked.
+    Raises:
+        AttributeError: a name that is not a module of ``model``.
+    """
     for name, mask in masks.items():
         module = model.get_submodule(name)
         weight = module_weight(module)
@@ -192,7 +209,6 @@ def apply_masked_dense(
     if isinstance(head, nn.Module):
         for p in head.parameters():
             p.requires_grad_(True)
-    return masks
 
 
 def freeze_norm_stats(model: nn.Module) -> None:

@@ -80,7 +80,9 @@ def train_to_folder(
     model, spec = registry.load(model_name, num_labels=len(train.classes), seed=config.seed)
     preprocessor = make_preprocessor(spec, image_size=config.image_size, max_length=config.max_length)
     base_state = (
-        {k: v.clone() for k, v in model.state_dict().items()} if config.method == "masked_dense" else None
+        {k: v.clone() for k, v in model.state_dict().items()}
+        if config.method in ("masked_dense", "gps")
+        else None
     )
     # registry.load has just checked the stored weights against this fingerprint; hashing again is waste.
     fingerprint = spec.fingerprint

@@ -27,7 +27,13 @@ from grft_core.checkpoint import (
 )
 from grft_core.config import GRFTConfig
 from grft_core.evaluation import evaluate
-from grft_core.methods import compute_selection, prepare, uses_frozen_norms
+from grft_core.methods import (
+    SELECTION_METHODS,
+    compute_gps_selection,
+    compute_selection,
+    prepare,
+    uses_frozen_norms,
+)
 from grft_core.model import HEAD, count_parameters, freeze_norm_stats
 from grft_core.selection import Selection
 
@@ -143,7 +149,7 @@ def fit(
     val = BatchSource(val_items, val_labels, preprocessor, device)
     initial_acc = evaluate(model, val, config.batch_size)[0] if evaluate_initial else float("nan")
 
-    if config.method in ("grft", "masked_dense") and selection is None:
+    if config.method in SELECTION_METHODS and selection is None:
         selection, fresh = _load_or_select(model, train, config, checkpoint_dir)
         if fresh:
             _emit(callbacks, "on_selection", selection)
@@ -257,7 +263,10 @@ def _load_or_select(
     folder = ckpt / "selection" if ckpt else None
     if folder is not None and (folder / "selection.json").exists():
         return Selection.load(folder), False
-    selection = compute_selection(model, train, config)
+    if config.method == "gps":
+        selection = compute_gps_selection(model, train, config)
+    else:
+        selection = compute_selection(model, train, config)
     if folder is not None:
         selection.save(folder)
     return selection, True
