@@ -26,12 +26,14 @@ def test_tiny_run_reports_every_method(tmp_path: Path) -> None:
             assert len(result["step_s"]["values"]) == 1
             assert result["step_s"]["median"] > 0
             assert result["grad_opt_bytes"] > 0
-        for key in ("grft/full", "grft/masked_dense", "grft/lora"):
+        for key in ("grft/full", "grft/masked_dense", "grft/lora", "grft/gps", "grft/lora_matched"):
             assert entry["ratios"][key]["median"] > 0
         # The structural claim needs no timing: GRFT's trainable state is smaller than LoRA's.
         methods = entry["methods"]
         assert methods["grft"]["grad_opt_bytes"] < methods["lora"]["grad_opt_bytes"]
         assert methods["grft"]["grad_opt_bytes"] < methods["masked_dense"]["grad_opt_bytes"]
+        assert methods["grft"]["grad_opt_bytes"] < methods["gps"]["grad_opt_bytes"]
+        assert methods["lora_matched"]["lora_rank"] >= 1
 
 
 def test_peak_only_prints_json() -> None:
@@ -40,5 +42,5 @@ def test_peak_only_prints_json() -> None:
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["method"] == "grft"
     assert result["steps"] == 3
-    assert result["hwm_bytes"] >= result["rss_after_build_bytes"] > 0
-    assert result["peak_rss_bytes"] > 0
+    assert result["hwm_bytes"] >= result["after_build_bytes"] > 0
+    assert result["peak_bytes"] > 0
