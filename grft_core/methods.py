@@ -78,28 +78,11 @@ def compute_selection(
     shapes = {name: weight_matrix_shape(m) for name, m in modules.items()}
     if config.selection_strategy == "random":
         return random_selection(shapes, config, seed)
-    n = len(source) if config.selection_samples is None else min(config.selection_samples, len(source))
-    g = torch.Generator().manual_seed(seed + 17)
-    chosen = torch.randperm(len(source), generator=g)[:n]
-    bs = config.selection_batch_size
-    batches = [chosen[i : i + bs] for i in range(0, n, bs)]
+    batches, loss_fn, n = _pass_inputs(model, source, config, seed)
     was_training = model.training
     # Train mode so dropout provides the second "view" of text; norms keep their pre-trained statistics.
     model.train()
     freeze_norm_stats(model)
-
-    def loss_fn(idx: Tensor) -> Tensor:
-        if config.selection_loss == "ce":
-            inputs, labels = source.batch(idx)
-            return nn.functional.cross_entropy(model(inputs), labels)
-        labels = source.labels[idx].to(source.device)
-        items = [source.items[int(i)] for i in idx]
-        pre = source.preprocessor
-        view_a = {k: v.to(source.device) for k, v in pre.augment(items, g).items()}
-        view_b = {k: v.to(source.device) for k, v in pre.augment(items, g).items()}
-        features = cast(Callable[[dict[str, Tensor]], Tensor], model.features)
-        return scl_loss(features(view_a), features(view_b), labels, config.scl_temperature)
-
     try:
         scores = score_modules(
             model, modules, batches, loss_fn, axis=config.axis, score_mode=config.score_mode
@@ -183,7 +166,7 @@ def _pass_inputs(
 ) -> tuple[list[Tensor], Callable[[Tensor], Tensor], int]:
     """The selection pass's batches (index tensors), its loss and its sample count.
 
-    The same draw and loss as ``compute_selection`` builds inline, so GPS and GRFT score on the same data.
+    Shared by ``compute_selection`` and ``compute_gps_selection``, so GPS and GRFT score on the same data.
     """
     n = len(source) if config.selection_samples is None else min(config.selection_samples, len(source))
     g = torch.Generator().manual_seed(seed + 17)
