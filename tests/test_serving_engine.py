@@ -112,3 +112,17 @@ def test_adapter_for_other_weights_or_method_is_refused(registry):
     assert engine.adapters() == []
     with pytest.raises(KeyError):
         engine.logits(_inputs(registry, "tiny-vit", 1)[1], ["x"])
+
+
+def test_reduced_precision_engine_stays_close(registry):
+    """The bf16 path CUDA uses, run on the CPU: banks, heads and inputs in the engine's dtype."""
+    model, spec = registry.load("tiny-bert", num_labels=2, seed=99)
+    engine = ServingEngine(model, spec=spec, device=torch.device("cpu"), dtype=torch.bfloat16)
+    adapter = random_adapter(registry, "tiny-bert", seed=5, k=3)
+    engine.add("a", adapter)
+    assert engine.model.task_head.weight.dtype == torch.bfloat16
+    _, inputs = _inputs(registry, "tiny-bert", 3)
+    got = engine.logits(inputs, ["a", None, "a"])
+    assert got.dtype == torch.float32
+    want = _merged_logits(registry, "tiny-bert", adapter, inputs)
+    torch.testing.assert_close(got[[0, 2], :3], want[[0, 2]], rtol=0.05, atol=0.05)
