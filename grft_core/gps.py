@@ -23,9 +23,9 @@ import torch
 from torch import Tensor, nn
 
 from grft_core.errors import ConfigError
-from grft_core.layers import module_weight, weight_matrix_shape
+from grft_core.layers import module_weight
 from grft_core.model import apply_weight_masks, freeze
-from grft_core.selection import ScoreMode, Selection
+from grft_core.selection import ScoreMode, Selection, squared_gradient_scores
 
 KIND = "gps"
 
@@ -54,39 +54,9 @@ def score_entries(
     Raises:
         ConfigError: ``batches`` was empty.
     """
-    weights = {n: module_weight(m) for n, m in modules.items()}
-    acc = {n: torch.zeros(weight_matrix_shape(modules[n]), device=w.device) for n, w in weights.items()}
-    seen = 0
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    try:
-        for p, _ in flags:
-            p.requires_grad_(False)
-        for w in weights.values():
-            w.requires_grad_(True)
-            w.grad = None
-        for batch in batches:
-            loss_fn(batch).backward()  # type: ignore[no-untyped-call]
-            seen += 1
-            with torch.no_grad():
-                for n, w in weights.items():
-                    if w.grad is None:
-                        continue
-                    g = w.grad.float().view(acc[n].shape)
-                    if score_mode == "accumulated":
-                        acc[n] += g
-                    else:
-                        acc[n] += g.pow(2)
-                    w.grad = None
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
-            p.grad = None
-    if seen == 0:
-        raise ConfigError("the selection pass got no batches", param="selection_samples")
-    if score_mode == "accumulated":
-        for a in acc.values():
-            a.pow_(2)
-    return acc
+    return squared_gradient_scores(
+        model, modules, batches, loss_fn, score_mode=score_mode, reduce=lambda sq: sq
+    )
 
 
 def select_per_row(

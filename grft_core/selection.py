@@ -160,13 +160,45 @@ def score_modules(
     Raises:
         ConfigError: ``batches`` was empty.
     """
+    reduce_dim = 1 if axis == "rows" else 0
+    scores = squared_gradient_scores(
+        model, modules, batches, loss_fn, score_mode=score_mode, reduce=lambda sq: sq.sum(reduce_dim)
+    )
+    return {n: s.cpu() for n, s in scores.items()}
+
+
+def squared_gradient_scores(
+    model: nn.Module,
+    modules: Mapping[str, nn.Module],
+    batches: Iterable[Any],
+    loss_fn: Callable[[Any], Tensor],
+    *,
+    score_mode: ScoreMode,
+    reduce: Callable[[Tensor], Tensor],
+) -> dict[str, Tensor]:
+    """The gradient pass behind every selection: ``reduce`` of squared weight gradients, per module.
+
+    Args:
+        model: the network the loss runs through; every parameter's ``requires_grad`` is restored after.
+        modules: name → Linear/Conv2d whose weights get scored.
+        batches: anything ``loss_fn`` accepts, one item per backward pass.
+        loss_fn: turns a batch into a scalar loss.
+        score_mode: ``accumulated`` squares the gradient summed over batches; ``per_batch`` sums each
+            batch's squared gradient.
+        reduce: maps an ``(out, in)`` float32 matrix of squared gradients to the scores kept (a sum over
+            rows or columns for GRFT, the identity for per-entry GPS scores).
+    Returns:
+        name → float32 scores, on the weights' device.
+    Raises:
+        ConfigError: ``batches`` was empty.
+    """
     weights = {n: module_weight(m) for n, m in modules.items()}
+    shapes = {n: weight_matrix_shape(modules[n]) for n in weights}
+    sums: dict[str, Tensor] = {}  # accumulated mode: the gradients summed over batches
+    scores: dict[str, Tensor] = {}  # per-batch mode: the reduced squares summed over batches
+    seen = 0
     # Only the scored weights need gradients: freezing the rest saves their backward work and keeps
     # the pass from leaving stale .grad on the head or biases for the first training step.
-    acc = {n: torch.zeros(weight_matrix_shape(modules[n]), device=w.device) for n, w in weights.items()}
-    scores = {n: torch.zeros(a.shape[0 if axis == "rows" else 1], device=a.device) for n, a in acc.items()}
-    reduce_dim = 1 if axis == "rows" else 0
-    seen = 0
     flags = [(p, p.requires_grad) for p in model.parameters()]
     try:
         for p, _ in flags:
@@ -181,11 +213,15 @@ def score_modules(
                 for n, w in weights.items():
                     if w.grad is None:
                         continue
-                    g = w.grad.float().view(acc[n].shape)
+                    g = w.grad.float().view(shapes[n])
                     if score_mode == "accumulated":
-                        acc[n] += g
+                        if n in sums:
+                            sums[n].add_(g)
+                        else:
+                            sums[n] = g.clone()
                     else:
-                        scores[n] += g.pow(2).sum(reduce_dim)
+                        sq = reduce(g.pow(2))
+                        scores[n] = scores[n].add_(sq) if n in scores else sq
                     w.grad = None
     finally:
         for p, flag in flags:
@@ -193,9 +229,14 @@ def score_modules(
             p.grad = None
     if seen == 0:
         raise ConfigError("the selection pass got no batches", param="selection_samples")
-    if score_mode == "accumulated":
-        scores = {n: a.pow(2).sum(reduce_dim) for n, a in acc.items()}
-    return {n: s.cpu() for n, s in scores.items()}
+    out = {}
+    for n, w in weights.items():
+        zero = torch.zeros(shapes[n], device=w.device)  # a weight the loss never reached scores 0
+        if score_mode == "accumulated":
+            out[n] = reduce(sums.get(n, zero).pow(2))
+        else:
+            out[n] = scores[n] if n in scores else reduce(zero)
+    return out
 
 
 def select_top_k(
