@@ -8,7 +8,9 @@ autocast (as ``grft_core.trainer`` trains), budgeted to finish in under 8 minute
    each method in its own process;
 2. the same on the LLaMA-3.2-1B shape at all 16 layers (batch 8 × 256 tokens);
 3. ``bench.selection_pass`` on the digits task (3 rounds, peaks);
-4. ``bench.finetune_check``: GRFT and GPS on digits through ``grft_core.pipeline``.
+4. ``bench.finetune_check``: GRFT and GPS on digits through ``grft_core.pipeline``;
+5. ``bench.serving`` on MiniLM and ViT-S (bf16): 1/8/32 adapters per batch of 32 against the base model
+   and PEFT's mixed-adapter batch, and the adapter cold load.
 
 ``--device cpu --tiny`` is the dry run a test runs: the same calls at smoke sizes, without the peak
 subprocesses. Each part writes its own JSON beside ``gpu_check.json`` (the summary) in ``--out``
@@ -27,7 +29,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from bench import finetune_check, selection_pass, step_time
+from bench import finetune_check, selection_pass, serving, step_time
 from bench.common import RESULTS, machine_info
 
 METHODS = "full,lora,masked_dense,grft"
@@ -56,6 +58,12 @@ def plan(device: str, tiny: bool, out: Path) -> list[tuple[str, Callable[..., An
             [*common, "--rounds", "1" if tiny else "3"] + (["--no-peak"] if tiny else []),
         ),
         ("finetune_check", finetune_check.main, common),
+        # Many adapters in one batch vs PEFT's mixed-adapter batch, where PEFT's per-adapter kernels hurt.
+        (
+            "serving",
+            serving.main,
+            [*common, "--models", "text" if tiny else "text,vit"] + ([] if tiny else ["--rounds", "5"]),
+        ),
     ]
 
 

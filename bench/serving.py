@@ -10,7 +10,8 @@ In one process, on the same preprocessed batch of 32 items, for each model:
   images (a forward's cost does not depend on pixel values);
 * ``vit``: timm ``vit_small_patch16_224`` (ViT-S/16) with random weights, wrapped in a ``Classifier``.
 
-Methods, all timed under ``torch.inference_mode()`` in fp32 on the CPU:
+Methods, all timed under ``torch.inference_mode()``, in fp32 on the CPU (``--device cuda``: bf16 on the
+GPU, with a synchronize around every timed call):
 
 * ``base``: the plain classifier forward (backbone, pooling, its own head): the headline denominator;
 * ``engine_base``: ``ServingEngine.logits`` with every item's adapter ``None``;
@@ -274,17 +275,20 @@ def check_equivalence(
     """
     two = {k: v[:2] for k, v in setup.inputs.items()}
     got = engine.logits(two, ["a0", "a1"])
+    # bf16 (CUDA) rounds at about 3 significant digits: compare at that precision there.
+    tol = {"rtol": 1e-3, "atol": 1e-4} if engine.dtype == torch.float32 else {"rtol": 0.05, "atol": 0.05}
     for i in range(2):
-        ref = apply_adapter(copy.deepcopy(setup.model), adapters[i])
+        ref = apply_adapter(copy.deepcopy(setup.model), adapters[i], check_fingerprint=False)
         merge(ref)
-        want = ref({k: v[i : i + 1] for k, v in two.items()})
-        torch.testing.assert_close(got[i : i + 1], want, rtol=1e-3, atol=1e-4)
+        want = ref({k: v[i : i + 1] for k, v in two.items()}).float()
+        torch.testing.assert_close(got[i : i + 1], want, **tol)
     base = setup.model.features(two)
     for model in peft.values():
         mixed = peft_features(model, two, ["a0", "a1"])
         for i in range(2):
             model.set_adapter(f"a{i}")
-            torch.testing.assert_close(mixed[i : i + 1], model.base_model.model.features(two)[i : i + 1])
+            alone = model.base_model.model.features(two)[i : i + 1]
+            torch.testing.assert_close(mixed[i : i + 1].float(), alone.float(), **tol)
         assert not torch.allclose(mixed, base), "PEFT adapters must change the output"
 
 
@@ -300,14 +304,23 @@ def percentile(values: Sequence[float], q: float) -> float:
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
 
 
-def time_rounds(methods: dict[str, Callable[[], object]], rounds: int, warmup: int) -> dict[str, list[float]]:
-    """Seconds of every method per round, the order rotated each round; warm-up rounds dropped."""
+def time_rounds(
+    methods: dict[str, Callable[[], object]], rounds: int, warmup: int, *, sync: bool = False
+) -> dict[str, list[float]]:
+    """Seconds of every method per round, the order rotated each round; warm-up rounds dropped.
+
+    ``sync``: wait for the GPU before and after each call (CUDA kernels run asynchronously).
+    """
     names = list(methods)
     times: dict[str, list[float]] = {n: [] for n in names}
     for r in range(warmup + rounds):
         for name in names[r % len(names) :] + names[: r % len(names)]:
+            if sync:
+                torch.cuda.synchronize()
             start = time.perf_counter()
             methods[name]()
+            if sync:
+                torch.cuda.synchronize()
             if r >= warmup:
                 times[name].append(time.perf_counter() - start)
     return times
@@ -327,23 +340,29 @@ def bench_model(setup: Setup, args: argparse.Namespace, distinct: Sequence[int])
         )
         for i in range(n_max)
     ]
-    engine = ServingEngine(
-        copy.deepcopy(setup.model), device=torch.device("cpu"), dtype=torch.float32, fingerprint=fingerprint
-    )
+    # Everything is built on the CPU in fp32, then moved: bf16 on CUDA, as the engine serves there.
+    device = torch.device(args.device)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    engine = ServingEngine(copy.deepcopy(setup.model), device=device, dtype=dtype, fingerprint=fingerprint)
     for i, adapter in enumerate(adapters):
         engine.add(f"a{i}", adapter)
     size = sizes(setup.model, args.k)
     ranks = sorted({size["matched_rank"], LORA_RANK})
-    peft = {r: build_peft(setup.model, r, n_max, seed=100 + r) for r in ranks}
+    peft = {r: build_peft(setup.model, r, n_max, seed=100 + r).to(device, dtype) for r in ranks}
     head_w = torch.stack([setup.model.task_head.weight] + [a.tensors[f"{HEAD}.weight"] for a in adapters])
     head_b = torch.stack([setup.model.task_head.bias] + [a.tensors[f"{HEAD}.bias"] for a in adapters])
-    inputs, model = setup.inputs, setup.model
+    head_w, head_b = head_w.to(device, dtype), head_b.to(device, dtype)
+    model = copy.deepcopy(setup.model).to(device, dtype)
+    inputs = {
+        k: v.to(device, dtype) if v.is_floating_point() else v.to(device) for k, v in setup.inputs.items()
+    }
+    setup = Setup(setup.name, setup.base_name, model, inputs, setup.info)
 
     def engine_run(ids: list[str | None]) -> Callable[[], object]:
         return lambda: engine.logits(inputs, ids)
 
     def peft_run(m: Any, ids: list[str]) -> Callable[[], object]:
-        slots = torch.tensor([int(a[1:]) + 1 for a in ids])
+        slots = torch.tensor([int(a[1:]) + 1 for a in ids], device=device)
         return lambda: gathered_head(peft_features(m, inputs, ids), head_w, head_b, slots)
 
     methods: dict[str, Callable[[], object]] = {
@@ -361,7 +380,7 @@ def bench_model(setup: Setup, args: argparse.Namespace, distinct: Sequence[int])
             f"{setup.name}: timing {len(methods)} methods, {args.warmup} + {args.rounds} rounds",
             file=sys.stderr,
         )
-        times = time_rounds(methods, args.rounds, args.warmup)
+        times = time_rounds(methods, args.rounds, args.warmup, sync=device.type == "cuda")
     results = {
         name: {
             "latency_s": summarize(t),
@@ -543,8 +562,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--loads", type=int, default=None, help="timed cold loads per adapter (10; tiny 2)")
     p.add_argument("--model-dir", type=Path, default=None, help="model store (default $GRFT_MODEL_DIR)")
     args = p.parse_args(argv)
-    if args.device != "cpu":
-        p.error("the serving benchmark runs on the CPU only")
     mode = "tiny" if args.tiny else "quick" if args.quick else "full"
     models = (args.models or ("text" if mode == "quick" else ",".join(MODELS))).split(",")
     args.rounds = args.rounds or {"tiny": 2, "quick": 5, "full": 10}[mode]
@@ -561,7 +578,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "mode": mode,
         "settings": {k: v for k, v in vars(args).items() if k not in ("json", "model_dir")},
         "distinct_adapters": distinct,
-        "machine": machine_info("cpu"),
+        "machine": machine_info(args.device),
         "models": {},
     }
     with tempfile.TemporaryDirectory() as tmp:

@@ -52,6 +52,7 @@ def test_gpu_check_dry_run_on_cpu(tmp_path: Path) -> None:
         "step_time_llama16",
         "selection_pass",
         "finetune_check",
+        "serving",
     }
     for name, part in summary["parts"].items():
         assert part["ok"], name
@@ -59,3 +60,5 @@ def test_gpu_check_dry_run_on_cpu(tmp_path: Path) -> None:
     step = json.loads((tmp_path / "gpu_check_step_time_llama16.json").read_text())
     assert step["models"]["llama"]["info"]["arch"].startswith("transformers LlamaModel")
     assert "grft/masked_dense" in step["models"]["llama"]["ratios"]
+    serving = json.loads((tmp_path / "gpu_check_serving.json").read_text())
+    assert serving["models"]["text"]["methods"]["grft_4"]["items_per_s"] > 0
