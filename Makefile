@@ -7,7 +7,7 @@ export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 PYTEST_ARGS ?=
 
-.PHONY: all uv sync test lint demo demo-library bench clean
+.PHONY: all uv sync test lint demo demo-library bench bench-full clean
 
 all: test
 
@@ -35,8 +35,18 @@ demo: sync
 demo-library: sync
 	$(UV) run --frozen python -m grft_core.demo demo-out/library
 
+# BENCH_THREADS: torch threads for the accuracy and ablation runs (use 1 on a machine shared with other
+# heavy processes: two 2-thread torch processes on 2 cores slow each other down many times over).
+BENCH_THREADS ?= 2
+
+# Quick mode: subsets and one seed; rewrites bench/results/*_quick.*. Its accuracy and ablation parts
+# take most of an hour on 2 shared cores, mostly MiniLM (bench/RESULTS.md, "Quick-mode duration").
 bench: sync
-	$(UV) run --frozen python -m bench.step_time
+	$(UV) run --frozen python -m bench.run --quick --threads $(BENCH_THREADS)
+
+# The three-seed tables on larger subsets (hours on 2 cores).
+bench-full: sync
+	$(UV) run --frozen python -m bench.run --threads $(BENCH_THREADS)
 
 clean:
 	rm -rf .venv .pytest_cache .mypy_cache .ruff_cache demo-out
