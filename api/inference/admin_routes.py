@@ -10,10 +10,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
 from api.adapters.models import Adapter
-from api.adapters.service import get_adapter
 from api.deps import SessionDep, TenantDep
 from api.errors import NotFound, Unauthorized, error_responses
-from api.inference.routes import InferenceDep
+from api.inference.routes import InferenceDep, adapter_refs
 from api.inference.service import AdapterRef
 from grft_core.errors import AdapterError, FingerprintMismatch, ModelNotFound
 from grft_core.serving import CacheEntry
@@ -80,9 +79,7 @@ def loaded_adapters(session: SessionDep, tenant: TenantDep, inference: Inference
 
 
 def _ref(session: SessionDep, tenant: TenantDep, inference: InferenceDep, adapter_id: str) -> AdapterRef:
-    ref = AdapterRef.from_row(get_adapter(session, tenant, adapter_id), inference.store)
-    session.commit()
-    return ref
+    return adapter_refs(session, tenant, inference.store, [adapter_id], ["adapter_id"])[0]
 
 
 @router.post("/{adapter_id}/pin", response_model=LoadedAdapter, responses=_ERRORS)

@@ -72,7 +72,7 @@ def _check_count(count: int, settings: Settings, param: str) -> None:
         raise InvalidInput(message, param=param)
 
 
-def _refs(
+def adapter_refs(
     session: Session, tenant: Tenant, store: Any, ids: Sequence[str], params: Sequence[str]
 ) -> list[AdapterRef]:
     """Each id's adapter of this tenant, as a ref (a 404 names the first item whose adapter is unknown)."""
@@ -126,7 +126,7 @@ def predict(
     raw: Annotated[list[RawInput], Depends(read_inputs)],
 ) -> PredictionList:
     """One prediction per input, in input order: the label, its probability and the top 5."""
-    ref = _refs(session, tenant, inference.store, [adapter_id], ["adapter_id"])[0]
+    ref = adapter_refs(session, tenant, inference.store, [adapter_id], ["adapter_id"])[0]
     _check_count(len(raw), settings, "inputs")
     return _run(inference, raw, [ref] * len(raw), settings)
 
@@ -145,7 +145,9 @@ def predictions(
     """
     _check_count(len(body.items), settings, "items")
     ids = [item.adapter for item in body.items]
-    refs = _refs(session, tenant, inference.store, ids, [f"items[{i}].adapter" for i in range(len(ids))])
+    refs = adapter_refs(
+        session, tenant, inference.store, ids, [f"items[{i}].adapter" for i in range(len(ids))]
+    )
     raw = [
         RawInput("image", item.input.image, f"items[{i}].input.image")
         if item.input.image is not None

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from grft_core.adapter import GRFT_KINDS, Adapter, backbone_fingerprint
 from grft_core.classifier import Classifier
@@ -331,7 +331,3 @@ class ServingEngine:
     def num_labels(self) -> int:
         """Label count of the base model's own head (items with no adapter)."""
         return int(self._labels[0])
-
-    def served_modules(self) -> dict[str, nn.Module]:
-        """The layers that carry adapters now."""
-        return dict(self._layers)

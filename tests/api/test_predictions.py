@@ -145,6 +145,13 @@ def test_inference_adapters_list_pin_unpin_preload(client, auth, other_auth, add
     assert client.post(f"{base}/{a.id}/pin", headers=other_auth).status_code == 404
 
     assert not client.post(f"{base}/{b.id}/unpin", headers=auth).json()["pinned"]
+    assert client.post(f"{base}/{a.id}/unpin", headers=other_auth).status_code == 404  # not theirs
+    evicted = client.post(f"{base}/{a.id}/unpin", headers=auth)
+    assert evicted.status_code == 200  # loaded: unpinning an unpinned adapter is a no-op
+    never_loaded = add(cnn10)
+    refused = client.post(f"{base}/{never_loaded.id}/unpin", headers=auth)
+    assert refused.status_code == 404
+    assert "not loaded" in refused.json()["error"]["message"]
     assert client.post(f"{base}/nope/preload", headers=auth).status_code == 404
 
 
