@@ -18,6 +18,7 @@ COPY pyproject.toml uv.lock README.md ./
 RUN --mount=type=cache,target=/root/.cache/uv \
     uv sync --frozen --no-dev --no-install-project
 COPY grft_core ./grft_core
+COPY domain ./domain
 COPY api ./api
 COPY worker ./worker
 COPY migrations ./migrations

@@ -28,6 +28,7 @@ lint: sync
 	$(UV) run --frozen ruff check .
 	$(UV) run --frozen ruff format --check .
 	$(UV) run --frozen mypy
+	$(UV) run --frozen lint-imports
 
 demo: sync
 	$(UV) run --frozen python -m api.demo demo-out

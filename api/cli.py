@@ -18,8 +18,8 @@ from typing import IO, Annotated
 
 import typer
 
-from api.queue_config import control_queue
-from api.settings import Settings, get_settings
+from domain.queue import control_queue
+from domain.settings import Settings, get_settings
 from grft_core.cli import app, err_console
 from grft_core.cli import main as _core_main
 
@@ -200,8 +200,8 @@ def keys_create(tenant: Annotated[str, typer.Option(help="Tenant name (created i
     """Create an API key for TENANT; the key is printed once, on the last line."""
     from sqlalchemy.exc import OperationalError, ProgrammingError
 
-    from api.auth.service import create_key
-    from api.db import session_scope
+    from domain.auth.keys import create_key
+    from domain.db import session_scope
 
     settings = get_settings()
     try:

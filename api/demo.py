@@ -24,7 +24,7 @@ from typing import Any
 
 import httpx
 
-from grft_core.sample_data import digits_image_folder
+from grft_core.data.samples import digits_image_folder
 
 
 def _free_port() -> int:

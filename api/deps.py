@@ -8,10 +8,10 @@ from typing import Annotated
 from fastapi import Depends, Header, Request
 from sqlalchemy.orm import Session
 
-from api.auth.models import Tenant
-from api.auth.service import authenticate, local_tenant
-from api.db import session_scope
-from api.settings import Settings
+from domain.auth.keys import authenticate, local_tenant
+from domain.auth.models import Tenant
+from domain.db import session_scope
+from domain.settings import Settings
 
 
 def get_app_settings(request: Request) -> Settings:

@@ -1,16 +1,5 @@
-"""The service's errors and their one rendering, ``{"error": {"code", "message", "param"}}``.
-
-GrftError (grft_core.errors)          400  grft_error
-├── ConfigError / DatasetRejected     422  invalid_config / invalid_dataset
-├── ModelNotFound                     404  model_not_found
-├── AdapterError → FingerprintMismatch 422 / 409
-├── NotFound                          404  not_found
-├── Unauthorized                      401  unauthorized
-├── Conflict                          409  conflict
-├── PayloadTooLarge                   413  payload_too_large
-├── QuotaExceeded                     429  rate_limited
-└── BadRequest                        400  bad_request
-"""
+"""The one rendering of every error, ``{"error": {"code", "message", "param"}}`` (the tree of error
+classes is drawn in ``domain.errors``)."""
 
 from __future__ import annotations
 
@@ -22,41 +11,20 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from domain.errors import BadRequest, Conflict, NotFound, PayloadTooLarge, QuotaExceeded, Unauthorized
 from grft_core.errors import GrftError
 
-
-class NotFound(GrftError):
-    status_code = 404
-    code = "not_found"
-
-
-class Unauthorized(GrftError):
-    status_code = 401
-    code = "unauthorized"
-
-
-class Conflict(GrftError):
-    status_code = 409
-    code = "conflict"
-
-
-class PayloadTooLarge(GrftError):
-    status_code = 413
-    code = "payload_too_large"
-
-
-class QuotaExceeded(GrftError):
-    status_code = 429
-    code = "rate_limited"
-
-    def __init__(self, message: str, *, param: str | None = None, retry_after: float | None = None) -> None:
-        super().__init__(message, param=param)
-        self.retry_after = retry_after
-
-
-class BadRequest(GrftError):
-    status_code = 400
-    code = "bad_request"
+__all__ = [
+    "BadRequest",
+    "Conflict",
+    "NotFound",
+    "PayloadTooLarge",
+    "QuotaExceeded",
+    "Unauthorized",
+    "error_body",
+    "error_responses",
+    "install_handlers",
+]
 
 
 def error_body(code: str, message: str, param: str | None = None) -> dict[str, Any]:

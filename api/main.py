@@ -9,7 +9,7 @@ from fastapi import FastAPI
 
 from api.errors import install_handlers
 from api.metrics import install_metrics
-from api.settings import Settings, get_settings
+from domain.settings import Settings, get_settings
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

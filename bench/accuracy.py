@@ -42,10 +42,10 @@ from bench.realdata import (
     run_config,
     set_threads,
 )
-from grft_core.config import GRFTConfig
-from grft_core.methods import inject_lora
-from grft_core.model import HEAD
-from grft_core.registry import ModelRegistry
+from grft_core.method.config import GRFTConfig
+from grft_core.method.model import HEAD
+from grft_core.method.setup import inject_lora
+from grft_core.models.registry import ModelRegistry
 
 K = 8
 METHODS = (

@@ -6,12 +6,12 @@ For ViT-B/16, BERT-base and the LLaMA-3.2-1B shape cut to 2 decoder layers (``be
 random weights: sizes do not depend on values), every variant is saved as a real file under a temporary
 folder, measured, and deleted:
 
-* ``grft k=1|2|8`` (fp32 and fp16): ``grft_core.adapter.adapter_tensors`` of a model wrapped by
+* ``grft k=1|2|8`` (fp32 and fp16): ``grft_core.adapters.format.adapter_tensors`` of a model wrapped by
   ``apply_grft`` (k rows per eligible matrix, bias deltas, the head) written by ``save_adapter`` (its
   ``fp16`` option stores deltas and bias deltas in float16; int32 indices and the head stay as they are);
 * ``lora r=8``: the ``lora_A``/``lora_B`` tensors and the head of a model injected by PEFT (through
-  ``grft_core.methods.inject_lora``), written by ``save_adapter``;
-* ``gps K=1|8`` (fp32): the GPS adapter layout of ``grft_core.gps`` (int32 ``(out, K)`` column
+  ``grft_core.method.setup.inject_lora``), written by ``save_adapter``;
+* ``gps K=1|8`` (fp32): the GPS adapter layout of ``grft_core.method.gps`` (int32 ``(out, K)`` column
   indices, fp32 values, bias deltas, the head) written by ``save_adapter``, and beside it the same
   entries stored as a packed bitmask (``numpy.packbits`` of the ``(out, in)`` mask, one bit per weight)
   plus the values, written with ``safetensors.torch.save_file``. The table shows both and marks the
@@ -60,11 +60,11 @@ from bench.common import (
     write_report,
 )
 from bench.step_time import random_entries, random_indices
-from grft_core.adapter import CONFIG_NAME, WEIGHTS_NAME, adapter_tensors, save_adapter
-from grft_core.config import GRFTConfig
-from grft_core.gps import entry_masks, gps_adapter_tensors
-from grft_core.methods import inject_lora
-from grft_core.model import HEAD, apply_grft, remove_grft
+from grft_core.adapters.format import CONFIG_NAME, WEIGHTS_NAME, adapter_tensors, save_adapter
+from grft_core.method.config import GRFTConfig
+from grft_core.method.gps import entry_masks, gps_adapter_tensors
+from grft_core.method.model import HEAD, apply_grft, remove_grft
+from grft_core.method.setup import inject_lora
 
 GRFT_KS = (1, 2, 8)
 GPS_KS = (1, 8)

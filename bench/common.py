@@ -28,7 +28,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import torch  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 
-from grft_core.model import HEAD, eligible_modules  # noqa: E402
+from grft_core.method.model import HEAD, eligible_modules  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -147,7 +147,7 @@ def write_report(report: dict[str, Any], path: Path, table: str) -> None:
 
 class _Classifier(nn.Module):
     """A backbone and a new linear head, stored under the attribute name the library excludes from
-    selection and keeps trainable (``grft_core.model.HEAD``)."""
+    selection and keeps trainable (``grft_core.method.model.HEAD``)."""
 
     def __init__(self, backbone: nn.Module, dim: int, num_classes: int) -> None:
         super().__init__()
@@ -347,7 +347,7 @@ class PeakProbe:
 
 @contextlib.contextmanager
 def autocast(device: str) -> Iterator[None]:
-    """bf16 autocast on CUDA, as ``grft_core.trainer`` trains there; nothing on CPU."""
+    """bf16 autocast on CUDA, as ``grft_core.method.trainer`` trains there; nothing on CPU."""
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device == "cuda"):
         yield
 

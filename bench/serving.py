@@ -38,7 +38,7 @@ adapter (GRFT) or with its adapter set (PEFT), so a broken path cannot post a fl
 
 Cold load and warm switch (text model)
 --------------------------------------
-A MiniLM GRFT adapter with k = 1 and k = 8 rows per matrix is saved into an ``api.artifacts``
+A MiniLM GRFT adapter with k = 1 and k = 8 rows per matrix is saved into an ``domain.artifacts``
 ``ArtifactStore`` (a local folder). *Cold load* is ``AdapterCache.preload`` on a fresh cache whose
 engine already holds the base model (and the 32 benchmark adapters): fetching the folder from the store
 into a new temporary folder, ``load_adapter`` and ``ServingEngine.add``; the adapter is evicted after
@@ -79,7 +79,7 @@ from bench.common import (
     summarize,
     write_report,
 )
-from grft_core.adapter import (
+from grft_core.adapters.format import (
     Adapter,
     adapter_tensors,
     apply_adapter,
@@ -87,12 +87,12 @@ from grft_core.adapter import (
     merge,
     save_adapter,
 )
-from grft_core.classifier import Classifier, create_timm_backbone
-from grft_core.layers import weight_matrix_shape
-from grft_core.model import HEAD, apply_grft, eligible_modules
-from grft_core.preprocess import make_preprocessor
-from grft_core.registry import ModelRegistry
-from grft_core.sample_data import bbc_news_csv
+from grft_core.data.preprocess import make_preprocessor
+from grft_core.data.samples import bbc_news_csv
+from grft_core.method.layers import weight_matrix_shape
+from grft_core.method.model import HEAD, apply_grft, eligible_modules
+from grft_core.models.classifier import Classifier, create_timm_backbone
+from grft_core.models.registry import ModelRegistry
 from grft_core.serving import AdapterCache, ServingEngine
 
 MODELS = ("text", "mobilenet", "vit")
@@ -428,7 +428,7 @@ def cold_and_warm(
 
     See the module docstring for what each time covers.
     """
-    from api.artifacts import ArtifactStore
+    from domain.artifacts import ArtifactStore
 
     store = ArtifactStore(f"file://{work / 'store'}")
     fetch_s: list[float] = []

@@ -19,7 +19,7 @@ Every method starts from a deep copy of the same initial model and sees the same
 * ``linear_probe``: only the head trains;
 * ``masked_dense``: the paper's formulation (``apply_masked_dense``): the selected matrices train whole,
   their gradients multiplied by a mask;
-* ``gps``: GPS-style element-wise selection (``grft_core.gps.apply_gps``): ``--gps-per-row`` entries per
+* ``gps``: GPS-style element-wise selection (``method.gps.apply_gps``): ``--gps-per-row`` entries per
   row, the matrices trained whole through masked gradients, like ``masked_dense``;
 * ``lora``: PEFT LoRA of rank ``--lora-rank`` (8) on the same eligible matrices;
 * ``lora_matched``: PEFT LoRA whose rank r makes its trainable count closest to GRFT's rows
@@ -52,7 +52,7 @@ the backward, gradients, optimizer state, masks and temporaries.
 CUDA
 ----
 ``--device cuda`` builds the models on the GPU, runs forward and loss under bf16 autocast (as
-``grft_core.trainer`` does; weights, gradients and Adam state stay fp32) and calls
+``grft_core.method.trainer`` does; weights, gradients and Adam state stay fp32) and calls
 ``torch.cuda.synchronize`` before and after every timed step.
 
 Usage::
@@ -96,11 +96,10 @@ from bench.common import (
     sync,
     write_report,
 )
-from grft_core.config import GRFTConfig
-from grft_core.gps import apply_gps
-from grft_core.layers import weight_matrix_shape
-from grft_core.methods import inject_lora
-from grft_core.model import (
+from grft_core.method.config import GRFTConfig
+from grft_core.method.gps import apply_gps
+from grft_core.method.layers import weight_matrix_shape
+from grft_core.method.model import (
     HEAD,
     apply_grft,
     apply_masked_dense,
@@ -108,6 +107,7 @@ from grft_core.model import (
     eligible_modules,
     freeze,
 )
+from grft_core.method.setup import inject_lora
 
 METHODS = ("full", "linear_probe", "masked_dense", "gps", "lora", "lora_matched", "grft", "grft_cols")
 GRFT_METHODS = ("grft", "grft_cols")

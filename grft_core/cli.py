@@ -16,8 +16,8 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from grft_core.config import GRFTConfig
 from grft_core.errors import GrftError
+from grft_core.method.config import GRFTConfig
 
 # typer >= 0.20 vendors its own click; its usage errors are not the click package's classes.
 UsageError: type[Exception] = typer.BadParameter.__mro__[1]
@@ -238,7 +238,7 @@ def export_peft_cmd(
 @models_app.command("list")
 def models_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """List the registered base models."""
-    from grft_core.registry import ModelRegistry
+    from grft_core.models.registry import ModelRegistry
 
     specs = ModelRegistry().list()
     if as_json:
@@ -260,7 +260,7 @@ def models_add(
     ] = None,
 ) -> None:
     """Register a timm architecture or a transformers folder with safetensors weights."""
-    from grft_core.registry import ModelRegistry
+    from grft_core.models.registry import ModelRegistry
 
     if (timm is None) == (transformers is None):
         raise _fail("give exactly one of --timm ARCH or --transformers PATH")

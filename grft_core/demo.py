@@ -13,11 +13,11 @@ from pathlib import Path
 
 import torch
 
-from grft_core.config import GRFTConfig
-from grft_core.evaluation import predict_proba
+from grft_core.data.samples import digits_image_folder
+from grft_core.method.config import GRFTConfig
+from grft_core.method.evaluation import predict_proba
+from grft_core.models.registry import ModelRegistry
 from grft_core.pipeline import evaluate_adapter, export_peft, load_adapted, train_to_folder
-from grft_core.registry import ModelRegistry
-from grft_core.sample_data import digits_image_folder
 
 
 class _Lines:
@@ -66,7 +66,7 @@ def main(out_dir: Path = Path("demo-out")) -> None:
     peft_dir = export_peft(adapter_dir, out_dir / "peft_lora", registry)
     print(f"5. exported as an exact PEFT LoRA adapter: {peft_dir}")
     model, preprocessor, adapter = load_adapted(adapter_dir, registry)
-    from grft_core.data import load_dataset
+    from grft_core.data.loading import load_dataset
 
     sample = load_dataset(str(data)).subset(list(range(0, 1797, 360)))
     probs = predict_proba(model, sample.items, preprocessor, torch.device("cpu"))

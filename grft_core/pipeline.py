@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from grft_core.adapter import (
+from grft_core.adapters.format import (
     GRFT_KINDS,
     Adapter,
     adapter_tensors,
@@ -24,15 +24,15 @@ from grft_core.adapter import (
     load_adapter,
     save_adapter,
 )
-from grft_core.batching import BatchSource
-from grft_core.config import GRFTConfig
-from grft_core.data import LabeledData, load_dataset, load_train_val
+from grft_core.adapters.peft import export_peft_lora
+from grft_core.data.loading import LabeledData, load_dataset, load_train_val
+from grft_core.data.preprocess import make_preprocessor
 from grft_core.errors import AdapterError, DatasetRejected, FingerprintMismatch
-from grft_core.evaluation import evaluate
-from grft_core.peft_export import export_peft_lora
-from grft_core.preprocess import make_preprocessor
-from grft_core.registry import ModelRegistry, ModelSpec
-from grft_core.trainer import TrainResult, fit
+from grft_core.method.batching import BatchSource
+from grft_core.method.config import GRFTConfig
+from grft_core.method.evaluation import evaluate
+from grft_core.method.trainer import TrainResult, fit
+from grft_core.models.registry import ModelRegistry, ModelSpec
 
 METRICS_NAME = "metrics.json"
 

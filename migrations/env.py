@@ -1,12 +1,12 @@
-"""Alembic environment: the schema of ``api.models`` on the database of ``GRFT_DATABASE_URL``."""
+"""Alembic environment: the schema of ``domain.models`` on the database of ``GRFT_DATABASE_URL``."""
 
 from __future__ import annotations
 
 from alembic import context
 
-from api.db import get_engine
-from api.models import Base
-from api.settings import Settings
+from domain.db import get_engine
+from domain.models import Base
+from domain.settings import Settings
 
 config = context.config
 url = config.attributes.get("url") or Settings().database_url

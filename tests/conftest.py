@@ -22,7 +22,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 def _close_database_pools() -> Iterator[None]:
     # Pooled connections left open at exit are garbage-collected unclosed, which psycopg reports.
     yield
-    from api.db import dispose_engines
+    from domain.db import dispose_engines
 
     dispose_engines()
     gc.collect()
@@ -36,7 +36,7 @@ def model_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def registry(model_store: Path) -> Any:
-    from grft_core.registry import ModelRegistry
+    from grft_core.models.registry import ModelRegistry
 
     return ModelRegistry(model_store)
 

@@ -9,8 +9,8 @@ from contextlib import contextmanager
 from sqlalchemy import create_engine, text
 
 from api.cli import upgrade_database
-from api.db import get_engine
-from api.settings import Settings
+from domain.db import get_engine
+from domain.settings import Settings
 
 PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 

@@ -6,8 +6,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.serving import random_grft_adapter
-from grft_core.adapter import Adapter, save_adapter
-from grft_core.registry import ModelRegistry
+from grft_core.adapters.format import Adapter, save_adapter
+from grft_core.models.registry import ModelRegistry
 
 
 def random_adapter(

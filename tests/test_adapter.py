@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from grft_core.adapter import (
+from grft_core.adapters.format import (
     CONFIG_NAME,
     WEIGHTS_NAME,
     adapter_tensors,
@@ -20,11 +20,11 @@ from grft_core.adapter import (
     save_adapter,
     unmerge,
 )
-from grft_core.batching import BatchSource
-from grft_core.config import GRFTConfig
+from grft_core.data.preprocess import make_preprocessor
 from grft_core.errors import AdapterError, FingerprintMismatch
-from grft_core.preprocess import make_preprocessor
-from grft_core.trainer import fit
+from grft_core.method.batching import BatchSource
+from grft_core.method.config import GRFTConfig
+from grft_core.method.trainer import fit
 from tests.conftest import make_images
 
 

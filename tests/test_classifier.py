@@ -6,10 +6,10 @@ import pytest
 import torch
 from torch import nn
 
-from grft_core.classifier import Classifier, create_timm_backbone, mean_pool
+from grft_core.data.preprocess import make_preprocessor
 from grft_core.errors import ConfigError
-from grft_core.preprocess import make_preprocessor
-from grft_core.registry import ModelRegistry
+from grft_core.models.classifier import Classifier, create_timm_backbone, mean_pool
+from grft_core.models.registry import ModelRegistry
 
 
 class TestMeanPool:

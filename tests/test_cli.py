@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import save_file
 
 from grft_core.cli import main
-from grft_core.sample_data import digits_image_folder
+from grft_core.data.samples import digits_image_folder
 
 
 def run_cli(*args: str, env_dir: Path) -> subprocess.CompletedProcess[str]:
@@ -168,7 +168,7 @@ class TestModels:
         weights = tmp_path / "w.safetensors"
         model = timm.create_model("resnet10t", pretrained=False, num_classes=0)
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
-        from grft_core.registry import ModelRegistry
+        from grft_core.models.registry import ModelRegistry
 
         try:
             code, stdout, err = call(

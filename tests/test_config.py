@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from grft_core.config import GRFTConfig
 from grft_core.errors import ConfigError
+from grft_core.method.config import GRFTConfig
 
 
 @pytest.mark.parametrize(

@@ -24,8 +24,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from grft_core import data
-from grft_core.data import LabeledData, load_dataset, load_train_val, stratified_split
+from grft_core.data import loading as data
+from grft_core.data.loading import LabeledData, load_dataset, load_train_val, stratified_split
 from grft_core.errors import DatasetRejected
 
 COLORS = {"cat": (255, 0, 0), "dog": (0, 0, 255), "eel": (0, 255, 0)}

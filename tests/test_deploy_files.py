@@ -15,7 +15,7 @@ import pytest
 import typer
 import yaml
 
-from api.settings import Settings
+from domain.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "docker-compose.yml"

@@ -11,12 +11,12 @@ import copy
 import pytest
 import torch
 
-from grft_core.batching import BatchSource
-from grft_core.config import GRFTConfig
-from grft_core.methods import compute_selection
-from grft_core.model import HEAD, grft_layers, merge_all
-from grft_core.preprocess import make_preprocessor
-from grft_core.trainer import fit
+from grft_core.data.preprocess import make_preprocessor
+from grft_core.method.batching import BatchSource
+from grft_core.method.config import GRFTConfig
+from grft_core.method.model import HEAD, grft_layers, merge_all
+from grft_core.method.setup import compute_selection
+from grft_core.method.trainer import fit
 from tests.conftest import make_images, make_texts
 
 # Adam divides by sqrt(v) + 1e-8, so entries whose true gradient is zero (the attention key bias:

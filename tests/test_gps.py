@@ -8,20 +8,20 @@ import pytest
 import torch
 from torch import nn
 
-from grft_core.adapter import adapter_tensors, apply_adapter, load_adapter, save_adapter
-from grft_core.config import GRFTConfig
+from grft_core.adapters.format import adapter_tensors, apply_adapter, load_adapter, save_adapter
+from grft_core.data.preprocess import make_preprocessor
 from grft_core.errors import ConfigError
-from grft_core.gps import (
+from grft_core.method.config import GRFTConfig
+from grft_core.method.gps import (
     apply_gps,
     entry_masks,
     is_gps_selection,
     score_entries,
     select_per_row,
 )
-from grft_core.model import HEAD, dense_l2
-from grft_core.preprocess import make_preprocessor
-from grft_core.selection import Selection
-from grft_core.trainer import fit
+from grft_core.method.model import HEAD, dense_l2
+from grft_core.method.selection import Selection
+from grft_core.method.trainer import fit
 from tests.conftest import make_images
 
 

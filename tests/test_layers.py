@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from grft_core.layers import GRFTLayer, weight_matrix_shape
+from grft_core.method.layers import GRFTLayer, weight_matrix_shape
 
 CASES = [
     ("linear", lambda: nn.Linear(6, 5), (4, 3, 6)),

@@ -9,13 +9,13 @@ import pytest
 import torch
 from peft import PeftModel
 
-from grft_core.adapter import adapter_tensors, apply_adapter, load_adapter, save_adapter
-from grft_core.batching import BatchSource
-from grft_core.config import GRFTConfig
+from grft_core.adapters.format import adapter_tensors, apply_adapter, load_adapter, save_adapter
+from grft_core.adapters.peft import export_peft_lora
+from grft_core.data.preprocess import make_preprocessor
 from grft_core.errors import AdapterError
-from grft_core.peft_export import export_peft_lora
-from grft_core.preprocess import make_preprocessor
-from grft_core.trainer import fit
+from grft_core.method.batching import BatchSource
+from grft_core.method.config import GRFTConfig
+from grft_core.method.trainer import fit
 from tests.conftest import make_images, make_texts
 
 TABLE = [
@@ -65,7 +65,7 @@ def test_peft_loads_export_with_same_logits(registry, tmp_path, name, axis, k):
 
 
 def _wrapped(model):
-    from grft_core.model import grft_layers
+    from grft_core.method.model import grft_layers
 
     return grft_layers(model)
 

@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from grft_core.config import GRFTConfig
+from grft_core.data.samples import bbc_news_csv
 from grft_core.errors import DatasetRejected
+from grft_core.method.config import GRFTConfig
 from grft_core.pipeline import evaluate_adapter, train_to_folder
-from grft_core.sample_data import bbc_news_csv
 
 
 @pytest.mark.slow

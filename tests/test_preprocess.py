@@ -9,14 +9,14 @@ import torch
 from PIL import Image
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-from grft_core.errors import ConfigError, DatasetRejected
-from grft_core.preprocess import (
+from grft_core.data.preprocess import (
     ImagePreprocessor,
     TextPreprocessor,
     make_preprocessor,
     preprocessor_from_dict,
 )
-from grft_core.registry import ModelRegistry
+from grft_core.errors import ConfigError, DatasetRejected
+from grft_core.models.registry import ModelRegistry
 
 
 def _images(n: int = 3) -> list[Image.Image]:

@@ -5,15 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from grft_core.adapter import load_adapter
-from grft_core.batching import BatchSource
-from grft_core.config import GRFTConfig
+from grft_core.adapters.format import load_adapter
+from grft_core.data.preprocess import make_preprocessor
 from grft_core.errors import ConfigError
-from grft_core.methods import compute_selection
-from grft_core.model import eligible_modules
+from grft_core.method.batching import BatchSource
+from grft_core.method.config import GRFTConfig
+from grft_core.method.model import eligible_modules
+from grft_core.method.setup import compute_selection
+from grft_core.method.trainer import fit
 from grft_core.pipeline import train_to_folder
-from grft_core.preprocess import make_preprocessor
-from grft_core.trainer import fit
 from tests.conftest import make_images
 
 
@@ -104,7 +104,7 @@ class TestRandomSelectionTrains:
         assert result.trainable_params > 0
 
     def test_pipeline_writes_an_adapter(self, registry, tmp_path):
-        from grft_core.sample_data import digits_image_folder
+        from grft_core.data.samples import digits_image_folder
 
         data = digits_image_folder(tmp_path / "data", size=16, limit_per_class=4)
         config = GRFTConfig(selection_strategy="random", k=1, epochs=1, batch_size=8, image_size=16)

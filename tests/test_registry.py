@@ -15,8 +15,8 @@ import torchvision
 from safetensors.torch import load_file, save_file
 
 from grft_core.errors import ConfigError, FingerprintMismatch, ModelNotFound
-from grft_core.registry import BUILTIN_MODELS, ModelRegistry, ModelSpec, default_store_dir
-from grft_core.serialization import (
+from grft_core.models.registry import BUILTIN_MODELS, ModelRegistry, ModelSpec, default_store_dir
+from grft_core.models.serialization import (
     fingerprint_state_dict,
     safe_torch_load,
     save_safetensors_atomic,

@@ -7,9 +7,9 @@ import copy
 import pytest
 import torch
 
-from grft_core.config import GRFTConfig
-from grft_core.methods import prepare
-from grft_core.model import (
+from grft_core.data.preprocess import make_preprocessor
+from grft_core.method.config import GRFTConfig
+from grft_core.method.model import (
     HEAD,
     block_key,
     dense_l2,
@@ -20,9 +20,9 @@ from grft_core.model import (
     l2_module_names,
     merge_all,
 )
-from grft_core.preprocess import make_preprocessor
-from grft_core.selection import Selection
-from grft_core.trainer import fit
+from grft_core.method.selection import Selection
+from grft_core.method.setup import prepare
+from grft_core.method.trainer import fit
 from tests.conftest import make_images
 
 

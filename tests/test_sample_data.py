@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from grft_core.data import load_dataset
-from grft_core.sample_data import (
+from grft_core.data.loading import load_dataset
+from grft_core.data.samples import (
     FASHION_MNIST_CLASSES,
     bbc_news_csv,
     digits_image_folder,

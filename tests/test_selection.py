@@ -8,13 +8,13 @@ import pytest
 import torch
 from torch import nn
 
-from grft_core.batching import BatchSource
-from grft_core.config import GRFTConfig
+from grft_core.data.preprocess import make_preprocessor
 from grft_core.errors import ConfigError
-from grft_core.methods import compute_selection
-from grft_core.model import eligible_modules
-from grft_core.preprocess import make_preprocessor
-from grft_core.selection import Selection, scl_loss, score_modules, select_top_k
+from grft_core.method.batching import BatchSource
+from grft_core.method.config import GRFTConfig
+from grft_core.method.model import eligible_modules
+from grft_core.method.selection import Selection, scl_loss, score_modules, select_top_k
+from grft_core.method.setup import compute_selection
 from tests.conftest import make_images
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from grft_core.adapter import Adapter, apply_adapter, merge
+from grft_core.adapters.format import Adapter, apply_adapter, merge
+from grft_core.data.preprocess import make_preprocessor
 from grft_core.errors import AdapterError, FingerprintMismatch
-from grft_core.preprocess import make_preprocessor
 from grft_core.serving import ServingEngine
 from tests.conftest import make_images, make_texts
 from tests.serving_helpers import random_adapter

@@ -8,11 +8,11 @@ import math
 import pytest
 import torch
 
-from grft_core.checkpoint import list_checkpoints
-from grft_core.config import GRFTConfig
+from grft_core.data.preprocess import make_preprocessor
 from grft_core.errors import TrainingInterrupted
-from grft_core.preprocess import make_preprocessor
-from grft_core.trainer import fit, lr_factor
+from grft_core.method.checkpoint import list_checkpoints
+from grft_core.method.config import GRFTConfig
+from grft_core.method.trainer import fit, lr_factor
 from tests.conftest import make_images, make_texts
 
 

@@ -1,6 +1,6 @@
 """The Celery worker: thin tasks that claim a job, call ``grft_core`` and record state and artifacts.
 
-``worker.state`` holds the job-state transitions (compare-and-set, fenced by the lease token),
+``domain.jobs.lifecycle`` holds the job-state transitions (compare-and-set, fenced by the lease token),
 ``worker.runner`` what a task does, ``worker.progress`` the trainer callbacks, ``worker.reconcile``
 the repair of lost messages and dead workers; ``worker.tasks`` only binds them to task names.
 The API never imports this package: it publishes tasks by name.

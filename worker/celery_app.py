@@ -13,8 +13,8 @@ from typing import Any
 from celery import Celery
 from celery.signals import worker_ready, worker_shutdown
 
-from api.queue_config import celery_config, publish
-from api.settings import get_settings
+from domain.queue import celery_config, publish
+from domain.settings import get_settings
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """The trainer callbacks of a job: progress and events in the database, cancel checks, checkpoint uploads.
 
-Every write is fenced by the job's lease (``worker.state.beat``), so a worker that lost the job stops
+Every write is fenced by the job's lease (``domain.jobs.lifecycle.beat``), so a worker that lost the job stops
 at its next write with ``LeaseLost``; a cancel request stops it with ``TrainingInterrupted``, which
 the trainer lets through after its last checkpoint.
 """
@@ -13,15 +13,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from api.artifacts import ArtifactStore
-from api.db import session_scope
-from api.settings import Settings
-from grft_core.checkpoint import PREFIX, list_checkpoints
+from domain.artifacts import ArtifactStore
+from domain.db import session_scope
+from domain.jobs import lifecycle as state
+from domain.jobs.lifecycle import Lease, LeaseLost
+from domain.settings import Settings
 from grft_core.errors import TrainingInterrupted
-from grft_core.selection import Selection
-from grft_core.trainer import EpochMetrics, StepInfo
-from worker import state
-from worker.state import Lease, LeaseLost
+from grft_core.method.checkpoint import PREFIX, list_checkpoints
+from grft_core.method.selection import Selection
+from grft_core.method.trainer import EpochMetrics, StepInfo
 
 # Progress rows are rewritten at most this often (each write is a heartbeat and a cancel check).
 PROGRESS_INTERVAL_S = 1.0
@@ -41,7 +41,7 @@ def _step_of(folder: Path | str) -> int:
 
 
 class JobReporter:
-    """Receives ``grft_core.trainer.fit`` callbacks for one job attempt."""
+    """Receives ``grft_core.method.trainer.fit`` callbacks for one job attempt."""
 
     def __init__(self, settings: Settings, lease: Lease, store: ArtifactStore, heartbeat: Any) -> None:
         self.url = settings.database_url

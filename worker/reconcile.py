@@ -15,11 +15,11 @@ from datetime import datetime, timedelta
 from sqlalchemy import func, or_, update
 from sqlalchemy.orm import Session
 
-from api.db import session_scope, utcnow
-from api.models import Job
-from api.queue_config import RUN_JOB, VALIDATE_JOB, prune_processed
-from api.settings import Settings
-from worker.state import Publish, add_event
+from domain.db import session_scope, utcnow
+from domain.jobs.lifecycle import Publish, add_event
+from domain.models import Job
+from domain.queue import RUN_JOB, VALIDATE_JOB, prune_processed
+from domain.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 Every exit path of ``run_job`` leaves the job in a state (succeeded, failed, cancelled, or queued
 again for another attempt); a worker that dies without one is found by the reconciler through its
-stale heartbeat. All writes go through ``worker.state`` under the job's lease.
+stale heartbeat. All writes go through ``domain.jobs.lifecycle`` under the job's lease.
 """
 
 from __future__ import annotations
@@ -18,20 +18,20 @@ from urllib.request import url2pathname
 
 from sqlalchemy.orm import Session
 
-from api.artifacts import ArtifactStore
-from api.db import session_scope, utcnow
-from api.ids import new_id
-from api.models import Adapter
-from api.queue_config import RUN_JOB
-from api.settings import Settings
-from grft_core.config import GRFTConfig
-from grft_core.data import load_train_val
+from domain.artifacts import ArtifactStore
+from domain.db import session_scope, utcnow
+from domain.ids import new_id
+from domain.jobs import lifecycle as state
+from domain.jobs.lifecycle import ACTIVE, JobSpec, Lease, LeaseLost, Publish
+from domain.models import Adapter
+from domain.queue import RUN_JOB
+from domain.settings import Settings
+from grft_core.data.loading import load_train_val
 from grft_core.errors import DatasetRejected, GrftError, TrainingInterrupted
+from grft_core.method.config import GRFTConfig
+from grft_core.models.registry import ModelRegistry
 from grft_core.pipeline import train_to_folder
-from grft_core.registry import ModelRegistry
-from worker import state
 from worker.progress import JobReporter, checkpoint_key
-from worker.state import ACTIVE, JobSpec, Lease, LeaseLost, Publish
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""The tasks, by name. Thin: the logic lives in ``worker.runner`` and ``worker.state``.
+"""The tasks, by name. Thin: the logic lives in ``worker.runner`` and ``domain.jobs.lifecycle``.
 
 Tasks never raise: every outcome is recorded on the job row, and the message is acknowledged after
 the task returns (``task_acks_late``), so a worker that dies mid-job leaves the message to the broker
@@ -7,8 +7,8 @@ and the job to the reconciler.
 
 from __future__ import annotations
 
-from api.queue_config import RECONCILE, RUN_JOB, VALIDATE_JOB
-from api.settings import Settings, get_settings
+from domain.queue import RECONCILE, RUN_JOB, VALIDATE_JOB
+from domain.settings import Settings, get_settings
 from worker import reconcile as reconciler
 from worker import runner
 from worker.celery_app import app, publish_task

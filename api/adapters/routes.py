@@ -8,12 +8,12 @@ from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import StreamingResponse
 
 from api.adapters import schemas, service
-from api.artifacts import ArtifactStore
 from api.deps import SessionDep, SettingsDep, TenantDep
 from api.errors import NotFound, Unauthorized, error_responses
 from api.inference.service import forget_adapter
+from domain.artifacts import ArtifactStore
 from grft_core.errors import AdapterError, FingerprintMismatch, ModelNotFound
-from grft_core.registry import ModelRegistry
+from grft_core.models.registry import ModelRegistry
 
 router = APIRouter(prefix="/v1/adapters", tags=["adapters"])
 

@@ -21,13 +21,14 @@ from typing import Any, BinaryIO
 
 from sqlalchemy.orm import Session
 
-from api.adapters import repository, schemas
-from api.adapters.models import Adapter
-from api.artifacts import CHUNK, ArtifactStore
-from api.auth.models import Tenant
+from api.adapters import schemas
 from api.errors import NotFound
+from domain.adapters import repository
+from domain.adapters.models import Adapter
+from domain.artifacts import CHUNK, ArtifactStore
+from domain.auth.models import Tenant
+from grft_core.models.registry import ModelRegistry
 from grft_core.pipeline import export_peft
-from grft_core.registry import ModelRegistry
 
 # Tar pads every member to 512-byte blocks, ends with two zero blocks and rounds the archive up to a
 # 20-block record: the layout ``tarfile`` itself writes, so every tar reader accepts the stream.

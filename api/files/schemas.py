@@ -7,8 +7,8 @@ from typing import Literal
 
 from pydantic import BaseModel
 
-from api.files.models import File
 from api.pagination import CursorPage
+from domain.files.models import File
 
 PURPOSES = ("fine-tune",)
 

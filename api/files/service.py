@@ -8,12 +8,12 @@ from typing import Protocol
 
 from sqlalchemy.orm import Session
 
-from api.artifacts import ArtifactStore
 from api.errors import Conflict, NotFound
-from api.files import repository
-from api.files.models import File
-from api.ids import new_id
-from api.jobs import repository as jobs_repository
+from domain.artifacts import ArtifactStore
+from domain.files import repository
+from domain.files.models import File
+from domain.ids import new_id
+from domain.jobs import repository as jobs_repository
 
 
 class Upload(Protocol):

@@ -24,7 +24,7 @@ from api.inference.schemas import (
     PredictRequest,
     RawInput,
 )
-from api.settings import Settings
+from domain.settings import Settings
 
 FRAMING_BYTES = 1024  # per input: JSON keys and quotes, or a multipart part's headers
 MAX_FORM_FIELDS = 16

@@ -14,7 +14,6 @@ from fastapi import APIRouter, Depends, Path, Request
 from sqlalchemy.orm import Session
 
 from api.adapters.service import get_adapter
-from api.auth.models import Tenant
 from api.deps import SessionDep, SettingsDep, TenantDep
 from api.errors import BadRequest, NotFound, PayloadTooLarge, QuotaExceeded, Unauthorized, error_responses
 from api.inference.body import read_inputs, read_predictions, request_body_doc
@@ -29,7 +28,8 @@ from api.inference.schemas import (
     decode_inputs,
 )
 from api.inference.service import AdapterRef, InferenceService, Ranked, service_for
-from api.settings import Settings
+from domain.auth.models import Tenant
+from domain.settings import Settings
 from grft_core.errors import AdapterError, FingerprintMismatch, ModelNotFound
 
 router = APIRouter(tags=["inference"])

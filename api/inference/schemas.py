@@ -18,7 +18,7 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from api.errors import PayloadTooLarge
-from grft_core.data_formats import decode_image
+from grft_core.data.formats import decode_image
 from grft_core.errors import DatasetRejected, GrftError
 
 MAX_ITEMS_CEILING = 4096

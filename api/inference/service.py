@@ -33,13 +33,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from api.adapters.models import Adapter
 from api.adapters.service import artifact_key
-from api.artifacts import ArtifactStore
 from api.errors import NotFound
-from api.settings import Settings
+from domain.adapters.models import Adapter
+from domain.artifacts import ArtifactStore
+from domain.settings import Settings
 from grft_core.errors import AdapterError
-from grft_core.registry import ModelRegistry
+from grft_core.models.registry import ModelRegistry
 from grft_core.serving import (
     AdapterCache,
     BatchRecord,

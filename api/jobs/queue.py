@@ -2,13 +2,13 @@
 
 The message only says "job X"; the database row says everything else, so a lost message costs a
 delay (the reconciler republishes), never a job. The Celery settings (broker, transport folders,
-routes, JSON only) are the ones the worker uses too, from ``api.queue_config``.
+routes, JSON only) are the ones the worker uses too, from ``domain.queue``.
 """
 
 from __future__ import annotations
 
-from api.queue_config import VALIDATE_JOB, publish
-from api.settings import Settings
+from domain.queue import VALIDATE_JOB, publish
+from domain.settings import Settings
 
 
 def publish_validate(settings: Settings, job_id: str) -> bool:

@@ -13,9 +13,9 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, model_validator
 
 from api.files.schemas import unix
-from api.jobs import models
 from api.pagination import CursorPage
-from grft_core.config import Axis, GRFTConfig, Precision, ScoreMode, SelectionLoss
+from domain.jobs import models
+from grft_core.method import Axis, GRFTConfig, Precision, ScoreMode, SelectionLoss
 
 MethodType = Literal["grft", "full", "linear_probe", "lora", "supervised"]
 METHOD_TYPES: tuple[MethodType, ...] = ("grft", "full", "linear_probe", "lora", "supervised")

@@ -19,16 +19,17 @@ from urllib.request import url2pathname
 
 from sqlalchemy.orm import Session
 
-from api.db import utcnow
 from api.errors import Conflict, NotFound, QuotaExceeded
-from api.files import repository as files_repository
-from api.ids import new_id
-from api.jobs import repository, schemas
-from api.jobs.models import TERMINAL, Job, JobCheckpoint, JobEvent
-from api.settings import Settings
-from grft_core.config import GRFTConfig
+from api.jobs import schemas
+from domain.db import utcnow
+from domain.files import repository as files_repository
+from domain.ids import new_id
+from domain.jobs import repository
+from domain.jobs.models import TERMINAL, Job, JobCheckpoint, JobEvent
+from domain.settings import Settings
 from grft_core.errors import ConfigError, DatasetRejected
-from grft_core.registry import BUILTIN_MODELS, ModelRegistry
+from grft_core.method.config import GRFTConfig
+from grft_core.models.registry import BUILTIN_MODELS, ModelRegistry
 
 URI_SCHEMES = ("file", "s3", "https")
 

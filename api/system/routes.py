@@ -17,13 +17,13 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import text
 
-from api.db import get_engine
 from api.deps import SettingsDep, TenantDep
 from api.errors import Unauthorized, error_responses
-from api.queue_config import broker_folders
-from api.settings import Settings
+from domain.db import get_engine
+from domain.queue import broker_folders
+from domain.settings import Settings
 from grft_core.errors import ModelNotFound
-from grft_core.registry import ModelRegistry, ModelSpec
+from grft_core.models.registry import ModelRegistry, ModelSpec
 
 router = APIRouter(tags=["system"])
 

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from grft_core.adapter import load_adapter
+from grft_core.adapters.format import load_adapter
 from grft_core.errors import AdapterError
 from grft_core.serving.engine import ServedAdapter, ServingEngine
 

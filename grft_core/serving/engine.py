@@ -16,20 +16,19 @@ from __future__ import annotations
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from grft_core.adapter import GRFT_KINDS, Adapter, backbone_fingerprint
-from grft_core.classifier import Classifier
+from grft_core.adapters.format import GRFT_KINDS, Adapter, backbone_fingerprint
+from grft_core.data.preprocess import Preprocessor, make_preprocessor
 from grft_core.errors import AdapterError, FingerprintMismatch
-from grft_core.model import HEAD
-from grft_core.preprocess import Preprocessor, make_preprocessor
-from grft_core.registry import ModelSpec
+from grft_core.method.layers import Axis
+from grft_core.method.model import HEAD
+from grft_core.models.classifier import Classifier
+from grft_core.models.registry import ModelSpec
 from grft_core.serving.layer import BatchSlots, MultiAdapterLayer
-
-Axis = Literal["rows", "columns"]
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import Tensor, nn
 
-from grft_core.layers import Axis, weight_matrix_shape
+from grft_core.method.layers import Axis, weight_matrix_shape
 
 
 @dataclass

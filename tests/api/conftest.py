@@ -13,10 +13,10 @@ from sqlalchemy import create_engine
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session
 
-from api.auth.service import create_key
 from api.deps import get_session
 from api.main import create_app
-from api.settings import Settings
+from domain.auth.keys import create_key
+from domain.settings import Settings
 from tests.api.fixtures import add, bert, cnn3, cnn10, digit_pngs  # noqa: F401  (shared fixtures)
 from tests.postgres import fresh_database
 

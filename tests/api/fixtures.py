@@ -11,14 +11,14 @@ from pathlib import Path
 import pytest
 from sqlalchemy.orm import Session
 
-from api.adapters.models import Adapter
-from api.artifacts import ArtifactStore
-from api.auth.repository import tenant_by_name
-from api.ids import new_id
-from api.settings import Settings
-from grft_core.config import GRFTConfig
+from domain.adapters.models import Adapter
+from domain.artifacts import ArtifactStore
+from domain.auth.repository import tenant_by_name
+from domain.ids import new_id
+from domain.settings import Settings
+from grft_core.data.samples import digits_image_folder
+from grft_core.method.config import GRFTConfig
 from grft_core.pipeline import train_to_folder
-from grft_core.sample_data import digits_image_folder
 from tests.conftest import make_texts
 
 TEXT_CLASSES = ["sport", "business", "arts"]

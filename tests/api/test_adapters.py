@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy.orm import Session
 
-from api.adapters.models import Adapter
 from api.adapters.service import Member, content, tar_stream
-from api.artifacts import ArtifactStore
-from api.settings import Settings
+from domain.adapters.models import Adapter
+from domain.artifacts import ArtifactStore
+from domain.settings import Settings
 from tests.api.fixtures import store_adapter, train_tiny_cnn
 
 AddAdapter = Callable[..., Adapter]

@@ -10,10 +10,10 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from api.auth.repository import tenant_by_name
-from api.files.models import File
-from api.jobs.models import Job
-from api.settings import Settings
+from domain.auth.repository import tenant_by_name
+from domain.files.models import File
+from domain.jobs.models import Job
+from domain.settings import Settings
 
 CSV = b"text,label\ngoal match team,sport\nmarket shares profit,business\n"
 BOUNDARY = "grft-test-boundary"

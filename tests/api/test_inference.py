@@ -20,12 +20,12 @@ import pytest
 import torch
 from PIL import Image
 
-from api.adapters.models import Adapter
-from api.artifacts import ArtifactStore
 from api.inference.service import AdapterRef, InferenceService
-from grft_core.evaluation import predict_proba
+from domain.adapters.models import Adapter
+from domain.artifacts import ArtifactStore
+from grft_core.method.evaluation import predict_proba
+from grft_core.models.registry import ModelRegistry
 from grft_core.pipeline import load_adapted
-from grft_core.registry import ModelRegistry
 from grft_core.serving import BatchRecord
 
 TEXT_CLASSES = ["sport", "business", "arts"]

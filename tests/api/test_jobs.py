@@ -16,9 +16,9 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from api.jobs.models import Job, JobCheckpoint, JobEvent
-from api.settings import Settings
-from grft_core.config import GRFTConfig
+from domain.jobs.models import Job, JobCheckpoint, JobEvent
+from domain.settings import Settings
+from grft_core.method.config import GRFTConfig
 from tests.api.conftest import REDIS_URL
 from tests.api.test_files import upload
 

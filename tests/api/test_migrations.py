@@ -16,6 +16,6 @@ def test_upgrade_and_check_on_sqlite(tmp_path) -> None:
     command.upgrade(alembic_config(url), "head")
     command.check(alembic_config(url))
     command.downgrade(alembic_config(url), "base")
-    from api.db import get_engine
+    from domain.db import get_engine
 
     get_engine(url).dispose()

@@ -22,13 +22,13 @@ import uvicorn
 from openai import OpenAI
 from sqlalchemy import delete, update
 
-from api.auth.models import Tenant
-from api.auth.repository import tenant_by_name
-from api.auth.service import create_key
-from api.db import session_scope
-from api.jobs.models import Job
 from api.main import create_app
-from api.settings import Settings
+from domain.auth.keys import create_key
+from domain.auth.models import Tenant
+from domain.auth.repository import tenant_by_name
+from domain.db import session_scope
+from domain.jobs.models import Job
+from domain.settings import Settings
 from tests.api.conftest import REDIS_URL
 
 CSV = b"text,label\ngoal match team,sport\nmarket shares profit,business\nfilm actor music,arts\n"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from grft_core.registry import BUILTIN_MODELS, ModelRegistry
+from grft_core.models.registry import BUILTIN_MODELS, ModelRegistry
 
 
 class TestHealthz:

@@ -12,14 +12,14 @@ from typing import Any
 import pytest
 from sqlalchemy import update
 
-from api.artifacts import ArtifactStore
-from api.auth.models import Tenant
-from api.db import session_scope, utcnow
-from api.files.models import File
-from api.ids import new_id
-from api.jobs.models import Job
-from api.settings import Settings
-from grft_core.config import GRFTConfig
+from domain.artifacts import ArtifactStore
+from domain.auth.models import Tenant
+from domain.db import session_scope, utcnow
+from domain.files.models import File
+from domain.ids import new_id
+from domain.jobs.models import Job
+from domain.settings import Settings
+from grft_core.method.config import GRFTConfig
 from tests.conftest import make_texts
 from tests.postgres import fresh_database
 

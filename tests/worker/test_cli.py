@@ -15,10 +15,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from api.auth.service import authenticate
 from api.cli import is_loopback, main, worker_command
-from api.db import get_engine, session_scope
-from api.settings import Settings, get_settings
+from domain.auth.keys import authenticate
+from domain.db import get_engine, session_scope
+from domain.settings import Settings, get_settings
 
 
 @pytest.fixture

@@ -17,13 +17,13 @@ import redis
 from celery import Celery
 from sqlalchemy import select
 
-from api.auth.models import Tenant
 from api.cli import start_worker, stop_worker, upgrade_database
-from api.db import get_engine, session_scope, utcnow
-from api.ids import new_id
-from api.jobs.models import Job, JobCheckpoint, JobEvent
-from api.queue_config import VALIDATE_JOB, publish
-from api.settings import Settings
+from domain.auth.models import Tenant
+from domain.db import get_engine, session_scope, utcnow
+from domain.ids import new_id
+from domain.jobs.models import Job, JobCheckpoint, JobEvent
+from domain.queue import VALIDATE_JOB, publish
+from domain.settings import Settings
 from tests.worker.conftest import METHOD, REDIS_URL, write_csv
 from worker import reconcile as reconciler
 

@@ -7,14 +7,14 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from api.adapters.models import Adapter
-from api.artifacts import ArtifactStore
-from api.db import session_scope
-from api.jobs.models import JobCheckpoint, JobEvent
-from api.queue_config import RUN_JOB
-from api.settings import Settings
+from domain.adapters.models import Adapter
+from domain.artifacts import ArtifactStore
+from domain.db import session_scope
+from domain.jobs.models import JobCheckpoint, JobEvent
+from domain.queue import RUN_JOB
+from domain.settings import Settings
+from grft_core.method.trainer import StepInfo
 from grft_core.pipeline import train_to_folder
-from grft_core.trainer import StepInfo
 from tests.worker.conftest import MakeJob, get_job, set_job, upload, write_csv
 from worker import progress, runner, tasks
 
@@ -229,7 +229,7 @@ class TestBadInputFailsAsUserError:
     """Problems only the data or the model can reveal end the job as ``failed`` with ``user_error``."""
 
     def test_corrupt_image_names_the_file(self, settings: Settings, make_job: MakeJob, sent: Sent) -> None:
-        from grft_core.sample_data import digits_image_folder
+        from grft_core.data.samples import digits_image_folder
 
         folder = digits_image_folder(settings.dataset_roots[0] / "digits", size=32, limit_per_class=3)
         (folder / "3" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really an image")

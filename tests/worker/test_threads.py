@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from api.settings import Settings
+from domain.settings import Settings
 from worker.runner import apply_torch_threads
 
 

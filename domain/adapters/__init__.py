@@ -1,0 +1,1 @@
+"""adapters: ORM models and tenant-scoped queries."""

