@@ -14,7 +14,7 @@ from grft_core.method.gps import (
     score_entries,
     select_per_row,
 )
-from grft_core.method.layers import GRFTLayer, module_weight, weight_matrix_shape
+from grft_core.method.layers import Axis, GRFTLayer, module_weight, weight_matrix_shape
 from grft_core.method.model import (
     HEAD,
     apply_grft,
@@ -37,6 +37,7 @@ from grft_core.method.setup import compute_gps_selection, compute_selection, inj
 from grft_core.method.trainer import EpochMetrics, StepInfo, TrainResult, fit, lr_factor
 
 __all__ = [
+    "Axis",
     "Axis",
     "BatchSource",
     "EpochMetrics",
