@@ -105,10 +105,10 @@ def machine_info(device: str = "cpu") -> dict[str, Any]:
     import transformers
 
     # The library is edited over time; the digests tie the numbers to the code that produced them.
+    parts = ("method/layers.py", "method/model.py", "method/setup.py", "method/gps.py", "adapters/format.py")
     sources = {
-        f.name: hashlib.sha256(f.read_bytes()).hexdigest()[:12]
-        for f in sorted((ROOT / "grft_core").glob("*.py"))
-        if f.name in ("layers.py", "model.py", "methods.py", "gps.py", "adapter.py", "selection.py")
+        name: hashlib.sha256((ROOT / "grft_core" / name).read_bytes()).hexdigest()[:12]
+        for name in (*parts, "method/selection.py")
     }
     info: dict[str, Any] = {
         "grft_core_sha256": sources,

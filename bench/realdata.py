@@ -94,7 +94,7 @@ def machine_info() -> dict[str, Any]:
     info["torch_threads"] = torch.get_num_threads()
     info["load_average"] = list(os.getloadavg())
     info["grft_core_methods_sha256"] = hashlib.sha256(
-        (ROOT / "grft_core" / "methods.py").read_bytes()
+        (ROOT / "grft_core" / "method" / "setup.py").read_bytes()
     ).hexdigest()[:12]
     return info
 

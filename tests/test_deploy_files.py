@@ -204,7 +204,7 @@ class TestDockerfile:
         assert re.search(r'^ENTRYPOINT\s+\["grft"\]', dockerfile, flags=re.MULTILINE)
 
     def test_copies_every_source_package(self, dockerfile) -> None:
-        for package in ("grft_core", "api", "worker", "migrations", "alembic.ini"):
+        for package in ("grft_core", "domain", "api", "worker", "migrations", "alembic.ini"):
             assert re.search(rf"^COPY\s+{package}\b", dockerfile, flags=re.MULTILINE), package
 
     def test_grft_variables_are_settings(self, dockerfile) -> None:
