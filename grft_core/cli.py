@@ -1,23 +1,28 @@
 """The local command line: ``grft train | eval | export-peft | models``.
 
-Errors the user can fix (bad flags, unknown model, unreadable data) end with exit status 2 and a
-single ``error: ...`` line on stderr; nothing is left half-written in ``--out``.
+``train`` has one option per ``GRFTConfig`` field, derived from its declaration (name, default,
+description, bounds, allowed values); the config validates what is given. Errors the user can fix
+(bad flags, unknown model, unreadable data) end with exit status 2 and a single ``error: ...`` line on
+stderr; nothing is left half-written in ``--out``.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import sys
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from pydantic.fields import FieldInfo
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from grft_core.errors import GrftError
 from grft_core.method.config import GRFTConfig
+from grft_core.method.options import bounds, literal_choices
 
 # typer >= 0.20 vendors its own click; its usage errors are not the click package's classes.
 UsageError: type[Exception] = typer.BadParameter.__mro__[1]
@@ -113,36 +118,68 @@ class _Progress:
             self.progress.stop()
 
 
-@app.command()
-def train(
+def _train_run_options(
     model: Annotated[str, typer.Option(help="Registry name of the base model.")],
     data: Annotated[str, typer.Option(help="Training data URI (path, file://, https://, s3://).")],
     out: Annotated[Path, typer.Option(help="Folder to write the adapter and metrics.json into.")],
     val_data: Annotated[
         str | None, typer.Option(help="Validation data URI (default: a stratified split).")
     ] = None,
-    method: Annotated[str, typer.Option(help="grft | masked_dense | full | linear_probe | lora")] = "grft",
-    k: Annotated[str, typer.Option(help="Rows/columns per matrix, or a map 'qkv=4,*=1'.")] = "1",
-    l2: Annotated[float, typer.Option(help="λ of the L2 term toward the pre-trained weights.")] = 1e-4,
-    axis: Annotated[str, typer.Option(help="rows | columns")] = "rows",
-    epochs: Annotated[int, typer.Option()] = 3,
-    batch_size: Annotated[int, typer.Option()] = 32,
-    lr: Annotated[float, typer.Option()] = 1e-3,
-    head_lr: Annotated[float | None, typer.Option()] = None,
-    l2_layers: Annotated[int | None, typer.Option(help="Regularise only the last L blocks.")] = None,
-    selection_loss: Annotated[str, typer.Option(help="scl | ce")] = "scl",
-    selection_samples: Annotated[int | None, typer.Option()] = None,
-    score_mode: Annotated[str, typer.Option(help="accumulated | per_batch")] = "accumulated",
-    warmup_ratio: Annotated[float, typer.Option()] = 0.1,
-    seed: Annotated[int, typer.Option()] = 0,
-    image_size: Annotated[int | None, typer.Option(help="Override the model's input size (pixels).")] = None,
-    max_length: Annotated[int | None, typer.Option(help="Token limit for text models.")] = None,
     max_items: Annotated[int | None, typer.Option(help="Read at most this many items per dataset.")] = None,
-    lora_rank: Annotated[int, typer.Option()] = 8,
     fp16: Annotated[bool, typer.Option(help="Store the deltas in float16.")] = False,
     checkpoint_dir: Annotated[Path | None, typer.Option(help="Checkpoint here and resume from it.")] = None,
-    checkpoint_every: Annotated[int, typer.Option()] = 0,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+) -> None:
+    """The options of ``train`` that are not hyperparameters (its signature is all that is used)."""
+
+
+# Extra spellings kept for scripts written against earlier versions.
+EXTRA_FLAGS = {"l2_lambda": ("--l2",)}
+
+
+def _range(info: FieldInfo) -> str:
+    lo_hi = bounds(info.metadata)
+    return f" [{lo_hi[0]} to {lo_hi[1]}]" if lo_hi is not None else ""
+
+
+def _config_option(name: str, info: FieldInfo) -> inspect.Parameter:
+    """A ``train`` option for one config field: its help, default and bounds come from the declaration.
+
+    The values are validated by ``GRFTConfig`` (named errors for bounds and choices), not by the parser.
+    """
+    flag = "--" + name.replace("_", "-")
+    flags = (flag, *EXTRA_FLAGS.get(name, ()))
+    if info.annotation is bool:
+        flags = (f"{flag}/--no-{flag[2:]}",)
+    help_text = (info.description or "") + _range(info)
+    kind: Any
+    choices = literal_choices(info.annotation)
+    if name == "k":
+        kind, default = str, str(info.default)  # an integer or a map 'qkv=4,*=1', parsed by _parse_k
+        help_text += " Write a map as 'qkv=4,fc1=2,*=1'."
+    elif choices:
+        kind, default = str, info.default
+        help_text += " One of: " + ", ".join(str(c) for c in choices) + "."
+    else:
+        kind, default = info.annotation, info.default
+    annotation = Annotated[kind, typer.Option(*flags, help=help_text)]
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
+
+
+def _config_fields() -> dict[str, FieldInfo]:
+    fields = GRFTConfig.model_fields
+    return {"method": fields["method"], **{n: f for n, f in fields.items() if n != "method"}}
+
+
+def train(
+    *,
+    model: str,
+    data: str,
+    out: Path,
+    val_data: str | None = None,
+    max_items: int | None = None,
+    fp16: bool = False,
+    checkpoint_dir: Path | None = None,
+    **hyperparameters: Any,
 ) -> None:
     """Fine-tune MODEL on DATA and write the adapter into OUT."""
     from grft_core.pipeline import train_to_folder
@@ -151,30 +188,8 @@ def train(
         raise _fail(f"--out {out} exists and is not an adapter folder; refusing to overwrite it")
     progress = _Progress()
     try:
-        # from_dict: the string flags are checked against their allowed values by GRFTConfig itself.
-        config = GRFTConfig.from_dict(
-            {
-                "method": method,
-                "k": _parse_k(k),
-                "l2_lambda": l2,
-                "axis": axis,
-                "epochs": epochs,
-                "batch_size": batch_size,
-                "lr": lr,
-                "head_lr": head_lr,
-                "l2_layers": l2_layers,
-                "selection_loss": selection_loss,
-                "selection_samples": selection_samples,
-                "score_mode": score_mode,
-                "warmup_ratio": warmup_ratio,
-                "seed": seed,
-                "image_size": image_size,
-                "max_length": max_length,
-                "lora_rank": lora_rank,
-                "checkpoint_every": checkpoint_every,
-                "device": device,
-            }
-        )
+        # GRFTConfig checks every value against its declaration: bounds, types and allowed choices.
+        config = GRFTConfig.from_dict({**hyperparameters, "k": _parse_k(hyperparameters["k"])})
         metrics = train_to_folder(
             model,
             data,
@@ -196,6 +211,18 @@ def train(
         f"({100 * metrics['trainable_share']:.3f}%); adapter {metrics['adapter_bytes']:,} bytes; "
         f"{metrics['wall_time_s']:.1f}s; wrote {out}"
     )
+
+
+# Typer reads a command's options from its signature: the run options, then one per config field.
+_SIGNATURE = inspect.signature(_train_run_options, eval_str=True).replace(return_annotation=None)
+train.__signature__ = _SIGNATURE.replace(  # type: ignore[attr-defined]
+    parameters=[
+        *_SIGNATURE.parameters.values(),
+        *(_config_option(name, info) for name, info in _config_fields().items()),
+    ]
+)
+train.__annotations__ = {p.name: p.annotation for p in train.__signature__.parameters.values()}  # type: ignore[attr-defined]
+app.command()(train)
 
 
 @app.command("eval")

@@ -10,10 +10,12 @@ from pathlib import Path
 
 import pytest
 import torch
+import typer
 from safetensors.torch import save_file
 
-from grft_core.cli import main
+from grft_core.cli import app, main
 from grft_core.data.samples import digits_image_folder
+from grft_core.method.config import GRFTConfig
 
 
 def run_cli(*args: str, env_dir: Path) -> subprocess.CompletedProcess[str]:
@@ -86,6 +88,10 @@ class TestBadArguments:
             (["--k", "0"], "k must be between 1 and"),
             (["--k", "abc"], "--k must be an integer or a map"),
             (["--l2", "-1"], "l2_lambda must be between 0"),
+            (["--l2-lambda", "-1"], "l2_lambda must be between 0"),
+            (["--selection-batch-size", "1"], "selection_batch_size must be between 2 and 4096 (got 1)"),
+            (["--scl-temperature", "0"], "scl_temperature must be between 0.001 and 10"),
+            (["--precision", "fp8"], "precision must be one of 'auto', 'fp32', 'bf16'"),
             (["--axis", "diagonal"], "axis must be one of 'rows', 'columns'"),
             (["--method", "magic"], "method must be one of"),
             (["--epochs", "0"], "epochs must be between 1 and 1000"),
@@ -104,6 +110,20 @@ class TestBadArguments:
         assert lines[0].startswith("error:")
         assert message in lines[0]
         assert not out.exists()
+
+    def test_every_config_field_is_an_option_described_by_its_declaration(self):
+        command = typer.main.get_command(app).commands["train"]  # type: ignore[attr-defined]
+        options = {p.name: p for p in command.params}
+        for name, info in GRFTConfig.model_fields.items():
+            option = options[name]
+            assert "--" + name.replace("_", "-") in option.opts, name
+            assert info.description is not None
+            assert option.help.startswith(info.description), name
+        assert options["epochs"].default == 3
+        assert "[1 to 1000]" in options["epochs"].help  # the bounds, read from the declaration
+        assert "One of: rows, columns." in options["axis"].help
+        assert "--l2" in options["l2_lambda"].opts
+        assert options["train_bias"].secondary_opts == ["--no-train-bias"]
 
     def test_missing_required_option(self, capsys):
         code, _, err = call(capsys, "train", "--model", "tiny-cnn")

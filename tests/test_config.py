@@ -1,11 +1,22 @@
-"""GRFTConfig validates every field and names the field and the bound."""
+"""GRFTConfig and the per-method options validate every field strictly and name the field and the bound."""
 
 from __future__ import annotations
 
 import pytest
+from pydantic import ValidationError
 
 from grft_core.errors import ConfigError
-from grft_core.method.config import GRFTConfig
+from grft_core.method.config import METHOD_OPTIONS, GRFTConfig
+from grft_core.method.options import (
+    FullOptions,
+    GpsOptions,
+    GrftOptions,
+    LinearProbeOptions,
+    LoraOptions,
+    RunOptions,
+    TrainingOptions,
+    check_option,
+)
 
 
 @pytest.mark.parametrize(
@@ -62,3 +73,86 @@ def test_k_for_per_module_map():
 def test_replace_validates():
     with pytest.raises(ConfigError):
         GRFTConfig().replace(k=-1)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("k", "4", "k must be an integer (got '4')"),
+        ("k", True, "k must be an integer (got True)"),
+        ("k", {"qkv": "4"}, "k['qkv'] must be an integer"),
+        ("lr", "0.1", "lr must be a number"),
+        ("train_bias", 1, "train_bias must be true or false"),
+        ("l2_lambda", True, "l2_lambda must be a number"),
+    ],
+)
+def test_strict_types_are_not_coerced(field, value, message):
+    with pytest.raises(ConfigError) as err:
+        GRFTConfig(**{field: value})
+    assert message in err.value.message
+    assert err.value.param == field
+
+
+def test_integers_are_valid_floats():
+    config = GRFTConfig(l2_lambda=0, lr=1, warmup_ratio=0)
+    assert (config.l2_lambda, config.lr, config.warmup_ratio) == (0.0, 1.0, 0.0)
+    assert all(isinstance(v, float) for v in (config.l2_lambda, config.lr, config.warmup_ratio))
+
+
+def test_old_dicts_with_retired_fields_still_load():
+    # Adapters and job rows written before num_workers and extra were dropped carry them.
+    old = {**GRFTConfig(k=2).to_dict(), "num_workers": 0, "extra": {}}
+    config = GRFTConfig.from_dict(old)
+    assert config.k == 2
+    assert "num_workers" not in config.to_dict()
+    assert "extra" not in config.to_dict()
+
+
+def test_public_names_are_accepted_and_stored_under_field_names():
+    config = GRFTConfig.from_dict({"n_epochs": 2, "learning_rate": 0.01, "warmup": 0.2})
+    assert (config.epochs, config.lr, config.warmup_ratio) == (2, 0.01, 0.2)
+    stored = config.to_dict()
+    assert (stored["epochs"], stored["lr"], stored["warmup_ratio"]) == (2, 0.01, 0.2)
+    assert "n_epochs" not in stored
+
+
+def test_config_is_immutable_and_replace_returns_a_copy():
+    config = GRFTConfig(k=2)
+    with pytest.raises(ValidationError):
+        config.k = 3  # type: ignore[misc]
+    changed = config.replace(k=3, method="lora")
+    assert (config.k, changed.k, changed.method) == (2, 3, "lora")
+
+
+class TestMethodOptions:
+    def test_the_config_is_every_method_options_at_once(self):
+        declared = set(TrainingOptions.model_fields) | set(RunOptions.model_fields)
+        for options in METHOD_OPTIONS.values():
+            declared |= set(options.model_fields)
+        assert set(GRFTConfig.model_fields) == declared | {"method"}
+
+    def test_each_method_has_its_own_options(self):
+        assert "k" in GrftOptions.model_fields
+        assert "lora_rank" not in GrftOptions.model_fields
+        assert "lora_rank" in LoraOptions.model_fields
+        assert "k" not in LoraOptions.model_fields
+        assert "gps_per_row" in GpsOptions.model_fields
+        assert METHOD_OPTIONS["masked_dense"] is GrftOptions
+        assert METHOD_OPTIONS["full"] is FullOptions
+        assert not FullOptions.model_fields
+        assert METHOD_OPTIONS["linear_probe"] is LinearProbeOptions
+
+    def test_options_models_validate_like_the_config(self):
+        with pytest.raises(ConfigError, match="unknown config field 'k'"):
+            LoraOptions.model_validate({"k": 2})
+        with pytest.raises(ConfigError, match=r"lora_rank must be between 1 and 4096 \(got 0\)"):
+            LoraOptions(lora_rank=0)
+        assert GrftOptions(k={"qkv": 4}).k == {"qkv": 4}
+
+    def test_check_option_uses_the_declared_bounds(self):
+        check_option("image_size", 32)
+        with pytest.raises(ConfigError, match=r"image_size must be between 8 and 1024 \(got 4\)") as err:
+            check_option("image_size", 4)
+        assert err.value.param == "image_size"
+        with pytest.raises(KeyError):
+            check_option("no_such_option", 1)

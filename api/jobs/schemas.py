@@ -2,55 +2,53 @@
 
 GRFT's own knobs travel in ``method: {"type": "grft", "grft": {"hyperparameters": {...}}}``; the
 legacy top-level ``hyperparameters`` (``n_epochs``, ``batch_size``, ``learning_rate_multiplier``) are
-accepted too. ``"auto"`` means the library's default.
+accepted too. ``"auto"`` means the library's default. Each method's hyperparameters are derived from
+the library's options models (``grft_core.method.options``): their names, types, bounds, defaults and
+descriptions are declared there once; OpenAI's names are those fields' public aliases.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Optional
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    create_model,
+    model_validator,
+)
+from pydantic.fields import FieldInfo
 
 from api.files.schemas import unix
 from api.pagination import CursorPage
 from domain.jobs import models
-from grft_core.method import Axis, GRFTConfig, Precision, ScoreMode, SelectionLoss
+from domain.jobs.states import JobStatus
+from grft_core.method import METHOD_OPTIONS, GRFTConfig, Options, TrainingOptions, public_name
+from grft_core.method.options import Seed
 
 MethodType = Literal["grft", "full", "linear_probe", "lora", "supervised"]
-METHOD_TYPES: tuple[MethodType, ...] = ("grft", "full", "linear_probe", "lora", "supervised")
-# API names that differ from GRFTConfig's; every other hyperparameter keeps its name.
-RENAMED = {
-    "n_epochs": "epochs",
-    "learning_rate": "lr",
-    "head_learning_rate": "head_lr",
-    "warmup": "warmup_ratio",
-}
-API_NAME = {config: api for api, config in RENAMED.items()}
-# OpenAI's "supervised" is ordinary fine-tuning of every weight.
-CONFIG_METHOD = {
+#: The library method each request method runs; OpenAI's "supervised" is full fine-tuning.
+LIBRARY_METHOD: dict[MethodType, str] = {
     "grft": "grft",
     "full": "full",
     "linear_probe": "linear_probe",
     "lora": "lora",
     "supervised": "full",
 }
-# Config fields that the service or the worker sets, never the caller.
-NOT_SHOWN = ("method", "seed", "device", "num_workers", "checkpoint_every", "extra")
 # OpenAI's learning_rate_multiplier scales this.
-DEFAULT_LR = GRFTConfig().lr
-JobStatus = Literal["validating_files", "queued", "running", "cancelling", "succeeded", "failed", "cancelled"]
+DEFAULT_LR: float = GRFTConfig.model_fields["lr"].default
+# OpenAI's knobs that take "auto": the library's default.
+AUTO = ("n_epochs", "batch_size", "learning_rate_multiplier")
 
 
 def _auto_is_default(value: Any) -> Any:
     return None if value == "auto" else value
 
 
-# "auto" or a bounded number; "auto" becomes None, the library's default.
-AutoEpochs = Annotated[Annotated[int, Field(ge=1, le=1000)] | None, BeforeValidator(_auto_is_default)]
-AutoBatchSize = Annotated[Annotated[int, Field(ge=1, le=4096)] | None, BeforeValidator(_auto_is_default)]
-AutoMultiplier = Annotated[Annotated[float, Field(gt=0, le=1000)] | None, BeforeValidator(_auto_is_default)]
-ModuleName = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 MetadataKey = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 MetadataValue = Annotated[str, StringConstraints(max_length=512)]
 
@@ -59,77 +57,118 @@ class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class LegacyHyperparameters(_Request):
-    n_epochs: AutoEpochs = None
-    batch_size: AutoBatchSize = None
-    learning_rate_multiplier: AutoMultiplier = None
+class Hyperparameters(_Request):
+    """Base of the request's hyperparameter models, whose fields are derived from the library's options.
+
+    Strict like the options: ``"4"`` is not 4 and ``true`` is not 1 (a JSON integer is a valid float).
+    """
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    # OpenAI's multiplier of the default learning rate; the only knob the library does not have.
+    learning_rate_multiplier: Annotated[
+        Annotated[float, Field(gt=0, le=1000)] | None, BeforeValidator(_auto_is_default)
+    ] = None
 
 
-class Hyperparameters(LegacyHyperparameters):
-    """Every knob of a run. Bounds mirror ``GRFTConfig``, which validates the result once more."""
-
-    # k rows (or columns) per matrix, or a map from module name (or dotted suffix, or "*") to k.
-    k: int | Annotated[dict[ModuleName, int], Field(min_length=1, max_length=1024)] | None = None
-    axis: Axis | None = None
-    selection_loss: SelectionLoss | None = None
-    selection_samples: Annotated[int, Field(ge=2, le=10_000_000)] | None = None
-    selection_batch_size: Annotated[int, Field(ge=2, le=4096)] | None = None
-    score_mode: ScoreMode | None = None
-    scl_temperature: Annotated[float, Field(ge=1e-3, le=10.0)] | None = None
-    include_depthwise: bool | None = None
-    include_patch_embed: bool | None = None
-    train_bias: bool | None = None
-    l2_lambda: Annotated[float, Field(ge=0.0, le=1e3)] | None = None
-    l2_layers: Annotated[int, Field(ge=0, le=10_000)] | None = None
-    grad_accum_steps: Annotated[int, Field(ge=1, le=1024)] | None = None
-    learning_rate: Annotated[float, Field(gt=0, le=10.0)] | None = None
-    head_learning_rate: Annotated[float, Field(gt=0, le=10.0)] | None = None
-    warmup: Annotated[float, Field(ge=0.0, le=0.9)] | None = None
-    max_grad_norm: Annotated[float, Field(ge=0.0, le=1e6)] | None = None
-    lora_rank: Annotated[int, Field(ge=1, le=4096)] | None = None
-    lora_alpha: Annotated[float, Field(gt=0, le=1e6)] | None = None
-    image_size: Annotated[int, Field(ge=8, le=1024)] | None = None
-    max_length: Annotated[int, Field(ge=4, le=8192)] | None = None
-    val_fraction: Annotated[float, Field(ge=0.01, le=0.9)] | None = None
-    precision: Precision | None = None
+def _optional(info: FieldInfo, public: str) -> tuple[Any, Any]:
+    """The library field as an optional request field: same type and bounds, ``None`` (or "auto")
+    meaning the library's default."""
+    annotation: Any = info.annotation
+    if info.metadata:
+        annotation = Annotated.__class_getitem__((annotation, *info.metadata))  # type: ignore[attr-defined]
+    annotation = Optional[annotation]  # noqa: UP045 - built at run time from a value
+    if public in AUTO:
+        annotation = Annotated[annotation, BeforeValidator(_auto_is_default)]
+    return annotation, Field(default=None, description=info.description)
 
 
-class MethodParams(_Request):
-    hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
+def hyperparameters_model(
+    name: str, *sources: type[Options], only: tuple[str, ...] | None = None
+) -> type[Hyperparameters]:
+    """A request model with the fields of ``sources`` under their public names (all, or ``only``)."""
+    fields: dict[str, Any] = {}
+    for source in sources:
+        for field_name, info in source.model_fields.items():
+            public = public_name(field_name, info)
+            if only is None or public in only:
+                fields[public] = _optional(info, public)
+    return create_model(name, __base__=Hyperparameters, __doc__=sources[-1].__doc__, **fields)
 
 
-class Method(_Request):
+#: Each method's knobs: the shared training options plus its own.
+HYPERPARAMETERS: dict[MethodType, type[Hyperparameters]] = {
+    method: hyperparameters_model(
+        f"{method.title().replace('_', '')}Hyperparameters", TrainingOptions, METHOD_OPTIONS[library]
+    )
+    for method, library in LIBRARY_METHOD.items()
+}
+
+
+class MethodBase(_Request):
     """``{"type": t, t: {"hyperparameters": {...}}}``; ``supervised`` is plain full fine-tuning."""
 
     type: MethodType
-    grft: MethodParams | None = None
-    full: MethodParams | None = None
-    linear_probe: MethodParams | None = None
-    lora: MethodParams | None = None
-    supervised: MethodParams | None = None
 
     @model_validator(mode="after")
-    def _only_its_own_params(self) -> Method:
-        for name in METHOD_TYPES:
-            if name != self.type and getattr(self, name) is not None:
+    def _only_its_own_params(self) -> MethodBase:
+        for name in LIBRARY_METHOD:
+            if name != self.type and getattr(self, name, None) is not None:
                 raise ValueError(f"method.{name} is given but method.type is {self.type!r}")
         return self
 
     @property
     def hyperparameters(self) -> Hyperparameters:
-        params: MethodParams | None = getattr(self, self.type)
-        return params.hyperparameters if params is not None else Hyperparameters()
+        params = getattr(self, self.type, None)
+        if params is None:
+            return HYPERPARAMETERS[self.type]()
+        hyperparameters: Hyperparameters = params.hyperparameters
+        return hyperparameters
+
+
+def _method_model() -> type[MethodBase]:
+    params: dict[str, Any] = {}
+    for method, model in HYPERPARAMETERS.items():
+        title = model.__name__.removesuffix("Hyperparameters")
+        holder = create_model(
+            f"{title}Method", __base__=_Request, hyperparameters=(model, Field(default_factory=model))
+        )
+        params[method] = (Optional[holder], None)  # noqa: UP045 - built at run time from a value
+    return create_model("Method", __base__=MethodBase, **params)
+
+
+if TYPE_CHECKING:
+    LegacyHyperparameters = Hyperparameters
+    Method = MethodBase
+else:
+    # OpenAI's top-level hyperparameters.
+    LegacyHyperparameters = hyperparameters_model(
+        "LegacyHyperparameters", TrainingOptions, only=("n_epochs", "batch_size")
+    )
+    Method = _method_model()
 
 
 class JobCreate(_Request):
     model: str = Field(min_length=1, max_length=128)
     training_file: str = Field(min_length=1, max_length=2048, description="a file id or a dataset URI")
     validation_file: str | None = Field(default=None, min_length=1, max_length=2048)
-    seed: int | None = Field(default=None, ge=0, le=2**31 - 1)
+    seed: Seed | None = None
     suffix: str | None = Field(default=None, max_length=64, pattern=r"^[A-Za-z0-9._-]*$")
     metadata: dict[MetadataKey, MetadataValue] | None = Field(default=None, max_length=16)
     hyperparameters: LegacyHyperparameters | None = None
     method: Method | None = None
+
+
+def shown_hyperparameters(config: dict[str, Any]) -> dict[str, Any]:
+    """A stored config's knobs for its method, under their public names (what the request used)."""
+    method = config.get("method", "grft")
+    options = METHOD_OPTIONS.get(method, Options)
+    shown: dict[str, Any] = {}
+    for source in (TrainingOptions, options):
+        for name, info in source.model_fields.items():
+            if name in config:
+                shown[public_name(name, info)] = config[name]
+    return shown
 
 
 # --- responses ------------------------------------------------------------------------------------
@@ -194,19 +233,19 @@ class Job(BaseModel):
         """The OpenAI job object; ``method`` shows the stored config under the request's names."""
         config = job.method or {}
         method_type = config.get("method", "grft")
-        shown = {API_NAME.get(k, k): v for k, v in config.items() if k not in NOT_SHOWN}
+        shown = shown_hyperparameters(config)
         lr = config.get("lr")
         estimated_finish = None
-        if job.status == "running" and job.seconds_remaining is not None:
+        if job.status == JobStatus.RUNNING and job.seconds_remaining is not None:
             estimated_finish = int(time.time() + job.seconds_remaining)
         return cls(
             id=job.id,
             created_at=unix(job.created_at),
             finished_at=unix(job.finished_at) if job.finished_at else None,
             model=job.model,
-            fine_tuned_model=job.adapter_id if job.status == "succeeded" else None,
+            fine_tuned_model=job.adapter_id if job.status == JobStatus.SUCCEEDED else None,
             organization_id=job.tenant_id,
-            status=job.status,  # type: ignore[arg-type]
+            status=JobStatus(job.status),
             validation_file=job.validation_file,
             training_file=job.training_file,
             hyperparameters=JobHyperparameters(
@@ -292,3 +331,13 @@ class MetricPoint(BaseModel):
 
 # Series name -> points, e.g. {"train_loss": [{"step": 10, "value": 0.7}], "val_accuracy": [...]}.
 Metrics = dict[str, list[MetricPoint]]
+
+
+class JobDeleted(BaseModel):
+    """The answer to ``DELETE /v1/fine_tuning/jobs/{id}`` (OpenAI's deleted-object shape)."""
+
+    id: str = Field(max_length=64)
+    object: Literal["fine_tuning.job.deleted"] = "fine_tuning.job.deleted"
+    deleted: Literal[True] = True
+    # The adapter the job had produced, deleted with it (None for a job that did not succeed).
+    adapter_id: str | None = None

@@ -3,7 +3,7 @@ selected rows or columns, the model-level operations, the trainer and the baseli
 
 from grft_core.method.batching import BatchSource
 from grft_core.method.checkpoint import list_checkpoints
-from grft_core.method.config import GRFTConfig, Precision, ScoreMode, SelectionLoss
+from grft_core.method.config import METHOD_OPTIONS, GRFTConfig, Precision, ScoreMode, SelectionLoss
 from grft_core.method.evaluation import evaluate, predict_proba
 from grft_core.method.gps import (
     add_gps_tensors,
@@ -32,6 +32,17 @@ from grft_core.method.model import (
     remove_grft,
     unmerge_all,
 )
+from grft_core.method.options import (
+    FullOptions,
+    GpsOptions,
+    GrftOptions,
+    LinearProbeOptions,
+    LoraOptions,
+    Options,
+    RunOptions,
+    TrainingOptions,
+    public_name,
+)
 from grft_core.method.selection import Selection, scl_loss, score_modules, select_top_k
 from grft_core.method.setup import compute_gps_selection, compute_selection, inject_lora, prepare
 from grft_core.method.trainer import EpochMetrics, StepInfo, TrainResult, fit, lr_factor
@@ -41,9 +52,18 @@ __all__ = [
     "Axis",
     "BatchSource",
     "EpochMetrics",
+    "FullOptions",
     "GRFTConfig",
+    "GpsOptions",
+    "GrftOptions",
+    "LinearProbeOptions",
+    "LoraOptions",
+    "Options",
+    "RunOptions",
+    "TrainingOptions",
     "GRFTLayer",
     "HEAD",
+    "METHOD_OPTIONS",
     "Precision",
     "ScoreMode",
     "Selection",
@@ -77,6 +97,7 @@ __all__ = [
     "module_weight",
     "predict_proba",
     "prepare",
+    "public_name",
     "remove_grft",
     "scl_loss",
     "score_entries",

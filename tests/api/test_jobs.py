@@ -193,8 +193,15 @@ class TestCreateJob:
         ("hyperparameters", "code", "param"),
         [
             ({"l2_lambda": -0.1}, "invalid_request", "l2_lambda"),
-            ({"k": 0}, "invalid_config", "k"),
-            ({"k": {"query": 0}}, "invalid_config", "k"),
+            ({"k": 0}, "invalid_request", "k"),
+            ({"k": {"query": 0}}, "invalid_request", "k"),
+            ({"k": {}}, "invalid_request", "k"),
+            # Strict: no coercion of strings, booleans or fractions into integers.
+            ({"k": "4"}, "invalid_request", "k"),
+            ({"k": True}, "invalid_request", "k"),
+            ({"k": 2.5}, "invalid_request", "k"),
+            ({"epochs": 2}, "invalid_request", "epochs"),  # the API's name is n_epochs
+            ({"lora_rank": 4}, "invalid_request", "lora_rank"),  # a LoRA option, not GRFT's
             ({"n_epochs": 0}, "invalid_request", "n_epochs"),
             ({"learning_rate_multiplier": 1e6}, "invalid_request", "learning_rate_multiplier"),
             ({"axis": "diagonal"}, "invalid_request", "axis"),
@@ -217,6 +224,73 @@ class TestCreateJob:
         assert response.status_code == 422
         error = response.json()["error"]
         assert (error["code"], error["param"]) == (code, f"method.grft.hyperparameters.{param}")
+
+    @pytest.mark.parametrize(
+        ("k", "message"),
+        [
+            (0, "k must be between 1 and 65536 (got 0)"),
+            ({"query": 0}, "k['query'] must be between 1 and 65536 (got 0)"),
+            ("4", "k must be an integer (got '4')"),
+            (True, "k must be an integer (got True)"),
+        ],
+    )
+    def test_bad_k_is_explained(
+        self, client: TestClient, auth: Auth, file_id: str, k: Any, message: str
+    ) -> None:
+        method = {"type": "grft", "grft": {"hyperparameters": {"k": k}}}
+
+        response = create(client, auth, file_id, method=method)
+
+        assert response.status_code == 422
+        assert message in response.json()["error"]["message"]
+
+    def test_json_integers_are_valid_floats(
+        self, client: TestClient, auth: Auth, file_id: str, db: Session
+    ) -> None:
+        hyperparameters = {"l2_lambda": 0, "learning_rate": 1, "warmup": 0, "k": {"query": 2, "*": 1}}
+        method = {"type": "grft", "grft": {"hyperparameters": hyperparameters}}
+
+        response = create(client, auth, file_id, method=method)
+
+        assert response.status_code == 200, response.text
+        shown = response.json()["method"]["grft"]["hyperparameters"]
+        assert (shown["l2_lambda"], shown["learning_rate"], shown["warmup"]) == (0.0, 1.0, 0.0)
+        assert shown["k"] == {"query": 2, "*": 1}
+        row = db.get(Job, response.json()["id"])
+        assert row is not None
+        config = GRFTConfig.from_dict(row.method)
+        assert (config.l2_lambda, config.lr, config.warmup_ratio) == (0.0, 1.0, 0.0)
+        assert isinstance(config.l2_lambda, float)
+
+    def test_each_method_takes_its_own_options(
+        self, client: TestClient, auth: Auth, file_id: str, db: Session
+    ) -> None:
+        lora = {"type": "lora", "lora": {"hyperparameters": {"lora_rank": 4, "n_epochs": 1}}}
+        grft_knob = {"type": "lora", "lora": {"hyperparameters": {"k": 4}}}
+
+        accepted = create(client, auth, file_id, method=lora)
+        refused = create(client, auth, file_id, method=grft_knob)
+
+        assert accepted.status_code == 200, accepted.text
+        shown = accepted.json()["method"]["lora"]["hyperparameters"]
+        assert (shown["lora_rank"], shown["n_epochs"]) == (4, 1)
+        assert "k" not in shown  # a LoRA job shows LoRA's knobs only
+        row = db.get(Job, accepted.json()["id"])
+        assert row is not None
+        assert (row.method["method"], row.method["lora_rank"], row.method["epochs"]) == ("lora", 4, 1)
+        assert refused.status_code == 422
+        assert refused.json()["error"]["param"] == "method.lora.hyperparameters.k"
+
+    def test_request_schema_carries_the_library_bounds(self, client: TestClient) -> None:
+        schemas = client.get("/openapi.json").json()["components"]["schemas"]
+
+        grft = schemas["GrftHyperparameters"]["properties"]
+        epochs = grft["n_epochs"]["anyOf"][0]
+        assert (epochs["minimum"], epochs["maximum"]) == (1, 1000)
+        assert grft["n_epochs"]["description"] == GRFTConfig.model_fields["epochs"].description
+        assert grft["l2_lambda"]["anyOf"][0]["maximum"] == 1000
+        assert "lora_rank" not in grft
+        assert schemas["LoraHyperparameters"]["properties"]["lora_rank"]["anyOf"][0]["maximum"] == 4096
 
     def test_file_of_another_tenant(self, client: TestClient, other_auth: Auth, file_id: str) -> None:
         response = create(client, other_auth, file_id)
@@ -268,7 +342,7 @@ class TestCreateJob:
         response = create(client, auth, file_id)
 
         assert response.status_code == 429
-        assert response.json()["error"]["code"] == "rate_limited"
+        assert response.json()["error"]["code"] == "quota_exceeded"
 
     def test_broker_down_keeps_the_job(
         self, client: TestClient, auth: Auth, file_id: str, db: Session, settings: Settings
