@@ -1,33 +1,42 @@
-"""Job-state transitions, each one compare-and-set statement under the job's lease.
+"""The only code that changes a job's status, attempt, lease or heartbeat: it applies ``states.TRANSITIONS``.
 
-A worker owns a job through a ``Lease``: the claim sets a fresh ``lease_token`` and every later write
-names it (``WHERE lease_token = :token``), so a worker that lost its lease (the reconciler re-queued
-the job, another worker claimed it) changes nothing. Functions here take a session and never commit:
-the caller's ``session_scope`` commits once, and publishes to the broker only after that.
+Each move is one compare-and-set UPDATE whose ``WHERE status IN (…)`` and new status come from the
+table, so no function here can make a move the table does not list. A worker owns a job through a
+``Lease``: a claim sets a fresh ``lease_token`` and every later write names it, so a worker that lost its
+lease (the reconciler re-queued the job, another worker claimed it) changes nothing. Functions take a
+session and never commit: the caller's ``session_scope`` commits once, and publishes only after that.
 """
 
 from __future__ import annotations
 
-import math
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, delete, func, or_, select, update
+from sqlalchemy import ColumnElement, Update, case, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from domain.db import utcnow
+from domain.errors import Conflict, NotFound
 from domain.ids import new_id
+from domain.jobs.events import add_event, clean_json
+from domain.jobs.states import TERMINAL, JobStatus, Trigger, next_status, sources
 
 # Through domain.models, every mapped class is registered before the first flush (foreign keys resolve).
-from domain.models import Adapter, File, Job, JobCheckpoint, JobEvent
-
-ACTIVE = ("running", "cancelling")
+from domain.models import Adapter, File, Job, JobCheckpoint
+from domain.queue import RUN_JOB, VALIDATE_JOB
 
 Publish = Callable[[str, str], object]
 """``publish(task_name, job_id)``: sends a task by name (after the commit that made it due)."""
+
+# A queued job whose message may have been lost is republished at most once per this many seconds.
+REPUBLISH_AFTER_S = 60.0
+
+_SYNC = {"synchronize_session": False}
+# The columns a heartbeat may carry along.
+_PROGRESS = frozenset({"steps_completed", "total_steps", "seconds_remaining"})
 
 
 @dataclass(frozen=True)
@@ -58,93 +67,6 @@ class LeaseLost(Exception):
     """The job is no longer this worker's (re-queued, claimed elsewhere, or ended): stop writing."""
 
 
-def clean_json(value: Any) -> Any:
-    """``value`` with NaN and infinities replaced by None (Postgres JSON refuses them)."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {str(k): clean_json(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [clean_json(v) for v in value]
-    return value
-
-
-def add_event(
-    session: Session,
-    job_id: str,
-    message: str,
-    *,
-    type: str = "message",
-    level: str = "info",
-    data: dict[str, Any] | None = None,
-) -> None:
-    session.add(
-        JobEvent(
-            id=new_id("ftevent"),
-            job_id=job_id,
-            created_at=utcnow(),
-            level=level,
-            type=type,
-            message=message[:2048],
-            data=clean_json(data),
-        )
-    )
-
-
-def _owned(lease: Lease, statuses: tuple[str, ...]) -> list[ColumnElement[bool]]:
-    return [Job.id == lease.job_id, Job.lease_token == lease.token, Job.status.in_(statuses)]
-
-
-def _returning_status(session: Session, stmt: Any) -> str | None:
-    row = session.execute(
-        stmt.returning(Job.status), execution_options={"synchronize_session": False}
-    ).first()
-    return None if row is None else str(row[0])
-
-
-# --- claims -----------------------------------------------------------------------------------------
-
-
-def claim_validation(session: Session, job_id: str, lease_seconds: float) -> Lease | None:
-    """Take a ``validating_files`` job that no live validator holds; None when there is none."""
-    now, token = utcnow(), uuid.uuid4().hex
-    stmt = (
-        update(Job)
-        .where(
-            Job.id == job_id,
-            Job.status == "validating_files",
-            or_(
-                Job.lease_token.is_(None),
-                Job.heartbeat_at.is_(None),
-                Job.heartbeat_at < now - timedelta(seconds=lease_seconds),
-            ),
-        )
-        .values(lease_token=token, heartbeat_at=now)
-        .returning(Job.attempt)
-    )
-    row = session.execute(stmt, execution_options={"synchronize_session": False}).first()
-    return None if row is None else Lease(job_id, token, int(row[0]))
-
-
-def claim_run(session: Session, job_id: str) -> Lease | None:
-    """queued → running, bumping ``attempt`` under a new token; None when another worker has it."""
-    now, token = utcnow(), uuid.uuid4().hex
-    stmt = (
-        update(Job)
-        .where(Job.id == job_id, Job.status == "queued")
-        .values(
-            status="running",
-            attempt=Job.attempt + 1,
-            lease_token=token,
-            heartbeat_at=now,
-            started_at=func.coalesce(Job.started_at, now),
-        )
-        .returning(Job.attempt)
-    )
-    row = session.execute(stmt, execution_options={"synchronize_session": False}).first()
-    return None if row is None else Lease(job_id, token, int(row[0]))
-
-
 def job_spec(session: Session, job_id: str) -> JobSpec:
     job = session.get_one(Job, job_id)
     return JobSpec(
@@ -165,123 +87,109 @@ def tenant_file(session: Session, tenant_id: str, file_id: str) -> File | None:
     return session.scalars(select(File).where(File.id == file_id, File.tenant_id == tenant_id)).first()
 
 
-# --- fenced writes ----------------------------------------------------------------------------------
+# --- applying the table -----------------------------------------------------------------------------
 
 
-def beat(session: Session, lease: Lease, statuses: tuple[str, ...] = ACTIVE, **values: Any) -> str:
-    """Heartbeat (plus any progress ``values``) under the lease; returns the job's status.
+def _move(trigger: Trigger, *where: Any, among: tuple[JobStatus, ...] | None = None, **values: Any) -> Update:
+    """An UPDATE of the jobs in a state ``trigger`` applies to (``among`` narrows them) that sets each
+    one's status to the table's target; self-loops leave the status column alone."""
+    allowed = sources(trigger) if among is None else among
+    targets = {status: next_status(status, trigger) for status in allowed}
+    moved = {s: t for s, t in targets.items() if s != t}
+    if len(set(moved.values())) == 1 and len(moved) == len(targets):
+        values["status"] = next(iter(moved.values()))
+    elif moved:
+        values["status"] = case(moved, value=Job.status, else_=Job.status)
+    return update(Job).where(Job.status.in_(allowed), *where).values(**values)
+
+
+def _owned(lease: Lease) -> list[ColumnElement[bool]]:
+    return [Job.id == lease.job_id, Job.lease_token == lease.token]
+
+
+def _apply(session: Session, stmt: Update) -> JobStatus | None:
+    """Run ``stmt``; the job's status afterwards, or None when no row matched."""
+    row = session.execute(stmt.returning(Job.status), execution_options=_SYNC).first()
+    return None if row is None else JobStatus(row[0])
+
+
+def _released(now: datetime) -> dict[str, Any]:
+    """Back to the queue: the lease is void, and the reconciler times the wait from now."""
+    return {"enqueued_at": now, "lease_token": None, "heartbeat_at": None}
+
+
+def _ended(now: datetime) -> dict[str, Any]:
+    return {"finished_at": now, "heartbeat_at": now, "seconds_remaining": None}
+
+
+# --- claims -----------------------------------------------------------------------------------------
+
+
+def claim_validation(session: Session, job_id: str, lease_seconds: float) -> Lease | None:
+    """Take a ``validating_files`` job that no live validator holds; None when there is none."""
+    now, token = utcnow(), uuid.uuid4().hex
+    free = or_(
+        Job.lease_token.is_(None),
+        Job.heartbeat_at.is_(None),
+        Job.heartbeat_at < now - timedelta(seconds=lease_seconds),
+    )
+    stmt = _move(Trigger.CLAIM_VALIDATION, Job.id == job_id, free, lease_token=token, heartbeat_at=now)
+    row = session.execute(stmt.returning(Job.attempt), execution_options=_SYNC).first()
+    return None if row is None else Lease(job_id, token, int(row[0]))
+
+
+def claim(session: Session, job_id: str) -> Lease | None:
+    """queued → running, bumping ``attempt`` under a new token; None when another worker has it."""
+    now, token = utcnow(), uuid.uuid4().hex
+    stmt = _move(
+        Trigger.CLAIM,
+        Job.id == job_id,
+        attempt=Job.attempt + 1,
+        lease_token=token,
+        heartbeat_at=now,
+        started_at=func.coalesce(Job.started_at, now),
+    )
+    row = session.execute(stmt.returning(Job.attempt), execution_options=_SYNC).first()
+    return None if row is None else Lease(job_id, token, int(row[0]))
+
+
+# --- writes under a lease ---------------------------------------------------------------------------
+
+
+def heartbeat(session: Session, lease: Lease, **progress: Any) -> JobStatus:
+    """Heartbeat (plus any progress columns) under the lease; returns the job's status, which tells
+    the holder whether a cancel was asked.
 
     Raises:
-        LeaseLost: the token no longer owns the job in one of ``statuses``.
+        LeaseLost: the token no longer owns the job, or the job has ended.
     """
-    stmt = update(Job).where(*_owned(lease, statuses)).values(heartbeat_at=utcnow(), **values)
-    status = _returning_status(session, stmt)
+    if not progress.keys() <= _PROGRESS:  # the state, attempt and lease move only through the table
+        raise ValueError(f"a heartbeat writes only {sorted(_PROGRESS)}, not {sorted(progress)}")
+    status = _apply(session, _move(Trigger.HEARTBEAT, *_owned(lease), heartbeat_at=utcnow(), **progress))
     if status is None:
         raise LeaseLost(lease.job_id)
     return status
 
 
-def mark_queued(session: Session, lease: Lease, message: str, data: dict[str, Any]) -> bool:
-    """validating_files → queued (the lease is released: a run claims afresh)."""
-    stmt = (
-        update(Job)
-        .where(*_owned(lease, ("validating_files",)))
-        .values(status="queued", enqueued_at=utcnow(), lease_token=None, heartbeat_at=None)
-    )
-    if _returning_status(session, stmt) is None:
+def files_valid(session: Session, lease: Lease, message: str, data: dict[str, Any]) -> bool:
+    """validating_files → queued, releasing the validation lease (a run claims afresh)."""
+    if _apply(session, _move(Trigger.FILES_VALID, *_owned(lease), **_released(utcnow()))) is None:
         return False
     add_event(session, lease.job_id, message, data=data)
     return True
 
 
-def finish(
-    session: Session,
-    lease: Lease,
-    status: str,
-    message: str,
-    *,
-    from_statuses: tuple[str, ...] = ACTIVE,
-    level: str = "info",
-    data: dict[str, Any] | None = None,
-    **values: Any,
-) -> bool:
-    """Move an owned job to a terminal ``status``; False when the lease no longer holds."""
-    now = utcnow()
-    stmt = (
-        update(Job)
-        .where(*_owned(lease, from_statuses))
-        .values(status=status, finished_at=now, heartbeat_at=now, seconds_remaining=None, **values)
-    )
-    if _returning_status(session, stmt) is None:
-        return False
-    add_event(session, lease.job_id, message, level=level, data=data)
-    return True
-
-
-def settle_cancel(session: Session, lease: Lease) -> bool:
-    """cancelling → cancelled, when a cancel was asked while this worker held the job."""
-    return finish(
-        session, lease, "cancelled", "The job was cancelled", from_statuses=("cancelling",), level="warning"
-    )
-
-
-def settle_error(
-    session: Session,
-    lease: Lease,
-    *,
-    code: str,
-    message: str,
-    param: str | None,
-    retry: bool,
-    from_statuses: tuple[str, ...] = ACTIVE,
-) -> str | None:
-    """End an attempt that raised: cancelled if asked, queued again if ``retry`` and attempts remain,
-    else failed. Returns the job's new status, or None when the lease no longer holds."""
-    if settle_cancel(session, lease):
-        return "cancelled"
-    if retry:
-        stmt = (
-            update(Job)
-            .where(*_owned(lease, ("running",)), Job.attempt < Job.max_attempts)
-            .values(status="queued", enqueued_at=utcnow(), lease_token=None, heartbeat_at=None)
-        )
-        if _returning_status(session, stmt) is not None:
-            add_event(
-                session,
-                lease.job_id,
-                f"Attempt {lease.attempt} failed ({message}); the job is queued to run again",
-                level="warning",
-                data={"attempt": lease.attempt},
-            )
-            return "queued"
-    error = {"code": code, "message": message, "param": param}
-    if finish(session, lease, "failed", message, from_statuses=from_statuses, level="error", error=error):
-        return "failed"
-    return None
-
-
-def release(session: Session, lease: Lease) -> bool:
-    """running → queued without judging the attempt (the worker is shutting down)."""
-    stmt = (
-        update(Job)
-        .where(*_owned(lease, ("running",)))
-        .values(status="queued", enqueued_at=utcnow(), lease_token=None, heartbeat_at=None)
-    )
-    if _returning_status(session, stmt) is None:
-        return False
-    add_event(session, lease.job_id, "The worker stopped; the job is queued again", level="warning")
-    return True
-
-
-def record_checkpoint(
+def checkpoint(
     session: Session, lease: Lease, step: int, uri: str, metrics: dict[str, Any], keep_steps: list[int]
-) -> str:
+) -> JobStatus:
     """Replace the job's checkpoint rows by those of ``keep_steps`` plus ``step``; returns the status.
 
     Raises:
         LeaseLost: the lease no longer holds.
     """
-    status = beat(session, lease)
+    status = _apply(session, _move(Trigger.CHECKPOINT, *_owned(lease), heartbeat_at=utcnow()))
+    if status is None:
+        raise LeaseLost(lease.job_id)
     session.execute(
         delete(JobCheckpoint).where(
             JobCheckpoint.job_id == lease.job_id,
@@ -309,26 +217,203 @@ def record_checkpoint(
     return status
 
 
-def complete(
-    session: Session, lease: Lease, adapter: Adapter, result: dict[str, Any], trainable_params: int
-) -> str | None:
-    """running → succeeded with its adapter (the Adapter row appears in the same commit).
+def ack_cancel(session: Session, lease: Lease) -> bool:
+    """cancelling → cancelled, when a cancel was asked while this worker held the job."""
+    if _apply(session, _move(Trigger.ACK_CANCEL, *_owned(lease), **_ended(utcnow()))) is None:
+        return False
+    add_event(session, lease.job_id, "The job was cancelled", level="warning")
+    return True
 
-    Returns ``"succeeded"``, ``"cancelled"`` when a cancel arrived first, or None when the lease is lost.
-    """
-    done = finish(
-        session,
-        lease,
-        "succeeded",
-        "The job has successfully completed",
-        from_statuses=("running",),
-        data={"adapter_id": adapter.id},
+
+def succeed(
+    session: Session, lease: Lease, adapter: Adapter, result: dict[str, Any], trainable_params: int
+) -> bool:
+    """running → succeeded with its adapter (the Adapter row appears in the same commit)."""
+    stmt = _move(
+        Trigger.SUCCEED,
+        *_owned(lease),
         adapter_id=adapter.id,
         result=clean_json(result),
         trainable_params=trainable_params,
         error=None,
+        **_ended(utcnow()),
     )
-    if done:
-        session.add(adapter)
-        return "succeeded"
-    return "cancelled" if settle_cancel(session, lease) else None
+    if _apply(session, stmt) is None:
+        return False
+    add_event(session, lease.job_id, "The job has successfully completed", data={"adapter_id": adapter.id})
+    session.add(adapter)
+    return True
+
+
+def fail(session: Session, lease: Lease, *, code: str, message: str, param: str | None) -> bool:
+    """→ failed with ``error = {code, message, param}`` (``user_error`` is the caller's fault)."""
+    error = {"code": code, "message": message, "param": param}
+    if _apply(session, _move(Trigger.FAIL, *_owned(lease), error=error, **_ended(utcnow()))) is None:
+        return False
+    add_event(session, lease.job_id, message, level="error")
+    return True
+
+
+def requeue(session: Session, lease: Lease, *, failure: str | None = None) -> bool:
+    """running → queued for another attempt: after ``failure`` only while attempts remain; without
+    one, unconditionally (the worker is shutting down, the attempt is not judged)."""
+    guard = [Job.attempt < Job.max_attempts] if failure is not None else []
+    if _apply(session, _move(Trigger.REQUEUE, *_owned(lease), *guard, **_released(utcnow()))) is None:
+        return False
+    if failure is None:
+        add_event(session, lease.job_id, "The worker stopped; the job is queued again", level="warning")
+    else:
+        add_event(
+            session,
+            lease.job_id,
+            f"Attempt {lease.attempt} failed ({failure}); the job is queued to run again",
+            level="warning",
+            data={"attempt": lease.attempt},
+        )
+    return True
+
+
+# --- how an attempt ends: a cancel asked meanwhile always wins ----------------------------------------
+
+
+def complete(
+    session: Session, lease: Lease, adapter: Adapter, result: dict[str, Any], trainable_params: int
+) -> JobStatus | None:
+    """Succeed, or honour a cancel that came first; None when the lease is lost."""
+    if succeed(session, lease, adapter, result, trainable_params):
+        return JobStatus.SUCCEEDED
+    return JobStatus.CANCELLED if ack_cancel(session, lease) else None
+
+
+def end_attempt(
+    session: Session, lease: Lease, *, code: str, message: str, param: str | None, retry: bool
+) -> JobStatus | None:
+    """End an attempt that raised: cancelled if a cancel was asked, queued again if ``retry`` and
+    attempts remain, else failed. Returns the job's new status, or None when the lease no longer holds.
+    """
+    if ack_cancel(session, lease):
+        return JobStatus.CANCELLED
+    if retry and requeue(session, lease, failure=message):
+        return JobStatus.QUEUED
+    if fail(session, lease, code=code, message=message, param=param):
+        return JobStatus.FAILED
+    # A cancel asked between the first check and now still wins.
+    return JobStatus.CANCELLED if ack_cancel(session, lease) else None
+
+
+# --- the user's cancel ------------------------------------------------------------------------------
+
+
+def cancel(session: Session, tenant_id: str, job_id: str) -> Job:
+    """Cancel now if the job has not started; ask a running one to stop (``cancelling``).
+
+    Raises:
+        NotFound: the tenant has no such job.
+        Conflict: the job has already finished, or kept changing state under us.
+    """
+    for _ in range(3):  # a worker may move the job between our read and our write
+        job = session.scalars(select(Job).where(Job.tenant_id == tenant_id, Job.id == job_id)).first()
+        if job is None:
+            raise NotFound(f"no fine-tuning job {job_id!r}", param="fine_tuning_job_id")
+        current = JobStatus(job.status)
+        if current in TERMINAL:
+            raise Conflict(f"job {job_id} has already finished ({current}); there is nothing to cancel")
+        target = next_status(current, Trigger.CANCEL)
+        if target == current:  # already cancelling
+            return job
+        ended = {"finished_at": utcnow()} if target in TERMINAL else {}
+        mine = (Job.tenant_id == tenant_id, Job.id == job_id)
+        done = _apply(session, _move(Trigger.CANCEL, *mine, among=(current,), **ended))
+        session.refresh(job)
+        if done is not None:
+            message = (
+                "Job cancelled"
+                if target in TERMINAL
+                else "Cancellation requested; the job stops after its current step"
+            )
+            add_event(session, job_id, message)
+            session.flush()
+            return job
+    raise Conflict(f"job {job_id} kept changing state; retry the cancel")
+
+
+# --- the reconciler ---------------------------------------------------------------------------------
+
+
+def _stale(now: datetime, lease_seconds: float) -> ColumnElement[bool]:
+    """No live holder: no heartbeat within ``lease_seconds``."""
+    return or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < now - timedelta(seconds=lease_seconds))
+
+
+def _returning(session: Session, stmt: Update, *columns: Any) -> list[Any]:
+    return list(session.execute(stmt.returning(Job.id, *columns), execution_options=_SYNC).all())
+
+
+def rescue(session: Session, *, lease_seconds: float, now: datetime | None = None) -> list[tuple[str, str]]:
+    """Finish what dead workers held: a cancel is acknowledged, a running attempt is re-queued (or
+    failed after ``max_attempts``). Returns the tasks to publish."""
+    now = now or utcnow()
+    stale = _stale(now, lease_seconds)
+    ended: dict[str, Any] = {"finished_at": now, "seconds_remaining": None}
+    for (job_id,) in _returning(session, _move(Trigger.ACK_CANCEL, stale, **ended)):
+        add_event(session, job_id, "The job was cancelled", level="warning")
+
+    running = (JobStatus.RUNNING,)
+    gone = "the worker running this job stopped responding, and no attempts remain"
+    error = {"code": "error", "message": gone, "param": None}
+    last = _move(Trigger.FAIL, stale, Job.attempt >= Job.max_attempts, among=running, error=error, **ended)
+    for job_id, attempt in _returning(session, last, Job.attempt):
+        add_event(
+            session, job_id, f"The worker stopped responding on attempt {attempt}; job failed", level="error"
+        )
+    retry = _move(Trigger.REQUEUE, stale, Job.attempt < Job.max_attempts, among=running, **_released(now))
+    due: list[tuple[str, str]] = []
+    for job_id, attempt in _returning(session, retry, Job.attempt):
+        add_event(
+            session,
+            job_id,
+            f"The worker stopped responding on attempt {attempt}; the job is queued again",
+            level="warning",
+        )
+        due.append((RUN_JOB, job_id))
+    return due
+
+
+def republish(
+    session: Session,
+    *,
+    lease_seconds: float,
+    republish_after_s: float = REPUBLISH_AFTER_S,
+    now: datetime | None = None,
+) -> list[tuple[str, str]]:
+    """The tasks of jobs waiting longer than ``republish_after_s`` (their message may be lost): a
+    queued job's run, a validation that no live validator holds (its lease is cleared)."""
+    now = now or utcnow()
+    waiting = func.coalesce(Job.enqueued_at, Job.created_at) < now - timedelta(seconds=republish_after_s)
+    lost = _move(Trigger.REPUBLISH, waiting, among=(JobStatus.QUEUED,), enqueued_at=now)
+    unvalidated = _move(
+        Trigger.REPUBLISH,
+        waiting,
+        _stale(now, lease_seconds),
+        among=(JobStatus.VALIDATING_FILES,),
+        **_released(now),
+    )
+    return [(RUN_JOB, job_id) for (job_id,) in _returning(session, lost)] + [
+        (VALIDATE_JOB, job_id) for (job_id,) in _returning(session, unvalidated)
+    ]
+
+
+def reconcile(
+    session: Session,
+    *,
+    lease_seconds: float,
+    republish_after_s: float = REPUBLISH_AFTER_S,
+    now: datetime | None = None,
+) -> list[tuple[str, str]]:
+    """One repair pass (``rescue``, then ``republish``); returns the tasks to publish after the commit.
+
+    Each repair is one conditional UPDATE, so reconcilers running side by side repair a job once.
+    """
+    now = now or utcnow()
+    due = rescue(session, lease_seconds=lease_seconds, now=now)
+    return due + republish(session, lease_seconds=lease_seconds, republish_after_s=republish_after_s, now=now)

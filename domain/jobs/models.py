@@ -1,9 +1,8 @@
 """Fine-tuning jobs, their events and checkpoints. The database is the only source of truth.
 
-States: validating_files → queued → running → succeeded | failed | cancelled, with cancelling while a
-cancel is being honoured. A worker owns a running job through ``lease_token`` (fencing: every write
-it makes names the token, so a stale duplicate changes nothing) and proves it is alive through
-``heartbeat_at``.
+States and their moves: ``domain.jobs.states``; the only code that moves them: ``domain.jobs.lifecycle``.
+A worker owns a job through ``lease_token`` (fencing: every write it makes names the token, so a stale
+duplicate changes nothing) and proves it is alive through ``heartbeat_at``.
 """
 
 from __future__ import annotations
@@ -15,9 +14,7 @@ from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from domain.db import Base, utcnow
-
-STATUSES = ("validating_files", "queued", "running", "cancelling", "succeeded", "failed", "cancelled")
-TERMINAL = ("succeeded", "failed", "cancelled")
+from domain.jobs.states import INITIAL
 
 
 class Job(Base):
@@ -36,7 +33,8 @@ class Job(Base):
     seed: Mapped[int] = mapped_column(Integer, default=0)
     suffix: Mapped[str | None] = mapped_column(String(64), default=None)
     metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", default=dict)
-    status: Mapped[str] = mapped_column(String(32), default="validating_files", index=True)
+    # Written only by domain.jobs.lifecycle; values are domain.jobs.states.JobStatus.
+    status: Mapped[str] = mapped_column(String(32), default=INITIAL, index=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(default=None)
     finished_at: Mapped[datetime | None] = mapped_column(default=None)

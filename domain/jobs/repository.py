@@ -1,17 +1,21 @@
-"""Queries on jobs, their events and checkpoints; every one starts from the tenant's own jobs."""
+"""Queries on jobs, their events and checkpoints; every one starts from the tenant's own jobs, except
+the garbage collector's (``domain.gc``), which sweep every tenant's finished jobs."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
+from typing import Any, cast
 
-from sqlalchemy import Select, and_, func, or_, select, update
+from sqlalchemy import Select, delete, func, or_, select
+from sqlalchemy.engine import CursorResult
 from sqlalchemy.orm import Session
 
+from domain.adapters.models import Adapter
 from domain.auth.models import Tenant
-from domain.jobs.models import TERMINAL, Job, JobCheckpoint, JobEvent
-
-ACTIVE = ("validating_files", "queued", "running", "cancelling")
+from domain.jobs.models import Job, JobCheckpoint, JobEvent
+from domain.jobs.states import TERMINAL
+from domain.pagination import keyset_page
 
 
 def _tenant_jobs(tenant_id: str) -> Select[Job]:
@@ -81,29 +85,7 @@ def page(
         stmt = stmt.where(Job.status == status)
     for key, value in metadata.items():
         stmt = stmt.where(Job.metadata_[key].as_string() == value)
-    if after is not None:
-        # (created_at, id) is a total order, so jobs created in the same microsecond are not skipped.
-        stmt = stmt.where(
-            or_(
-                Job.created_at < after.created_at,
-                and_(Job.created_at == after.created_at, Job.id < after.id),
-            )
-        )
-    rows = list(session.scalars(stmt.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)))
-    return rows[:limit], len(rows) > limit
-
-
-def transition(
-    session: Session, tenant_id: str, job_id: str, from_statuses: Iterable[str], **values: Any
-) -> bool:
-    """Compare-and-set: apply ``values`` only if the job is still in one of ``from_statuses``."""
-    result = session.execute(
-        update(Job)
-        .where(Job.tenant_id == tenant_id, Job.id == job_id, Job.status.in_(tuple(from_statuses)))
-        .values(**values)
-        .execution_options(synchronize_session=False)
-    )
-    return bool(getattr(result, "rowcount", 0))
+    return keyset_page(session, stmt, (Job.created_at, Job.id), after, limit)
 
 
 def active_job_reading(session: Session, tenant_id: str, file_id: str) -> Job | None:
@@ -129,11 +111,8 @@ def events_page(
     session: Session, tenant_id: str, job_id: str, *, before_seq: int | None, limit: int
 ) -> tuple[list[JobEvent], bool]:
     """Newest first, older than ``before_seq`` when given. Returns ``(rows, has_more)``."""
-    stmt = _tenant_events(tenant_id, job_id)
-    if before_seq is not None:
-        stmt = stmt.where(JobEvent.seq < before_seq)
-    rows = list(session.scalars(stmt.order_by(JobEvent.seq.desc()).limit(limit + 1)))
-    return rows[:limit], len(rows) > limit
+    after = (before_seq,) if before_seq is not None else None
+    return keyset_page(session, _tenant_events(tenant_id, job_id), (JobEvent.seq,), after, limit)
 
 
 def events_since(
@@ -167,14 +146,67 @@ def checkpoints_page(
     session: Session, tenant_id: str, job_id: str, *, after: JobCheckpoint | None, limit: int
 ) -> tuple[list[JobCheckpoint], bool]:
     """Latest step first. Returns ``(rows, has_more)``."""
-    stmt = _tenant_checkpoints(tenant_id, job_id)
-    if after is not None:
-        stmt = stmt.where(
-            or_(
-                JobCheckpoint.step < after.step,
-                and_(JobCheckpoint.step == after.step, JobCheckpoint.id < after.id),
-            )
-        )
-    order = (JobCheckpoint.step.desc(), JobCheckpoint.id.desc())
-    rows = list(session.scalars(stmt.order_by(*order).limit(limit + 1)))
-    return rows[:limit], len(rows) > limit
+    order = (JobCheckpoint.step, JobCheckpoint.id)
+    return keyset_page(session, _tenant_checkpoints(tenant_id, job_id), order, after, limit)
+
+
+# --- deletion -------------------------------------------------------------------------------------
+
+
+def adapters_of(session: Session, tenant_id: str, job: Job) -> list[Adapter]:
+    """The adapters ``job`` produced (one for a succeeded job, none otherwise)."""
+    made_by = [Adapter.job_id == job.id]
+    if job.adapter_id is not None:
+        made_by.append(Adapter.id == job.adapter_id)
+    return list(session.scalars(select(Adapter).where(Adapter.tenant_id == tenant_id, or_(*made_by))))
+
+
+def delete_finished(session: Session, tenant_id: str, job_id: str, adapter_ids: Sequence[str]) -> bool:
+    """Delete a finished job of the tenant with its events, checkpoints and the adapters ``adapter_ids``.
+
+    Returns False when there was no such finished job (a concurrent delete got there first). Plain SQL
+    deletes, so a race makes this one delete nothing rather than fail on rows that vanished.
+    """
+    finished = _tenant_jobs(tenant_id).where(Job.id == job_id, Job.status.in_(TERMINAL))
+    owned = finished.with_only_columns(Job.id)
+    quiet = {"synchronize_session": False}
+    if adapter_ids:
+        adapters = delete(Adapter).where(Adapter.tenant_id == tenant_id, Adapter.id.in_(list(adapter_ids)))
+        session.execute(adapters, execution_options=quiet)
+    session.execute(delete(JobEvent).where(JobEvent.job_id.in_(owned)), execution_options=quiet)
+    session.execute(delete(JobCheckpoint).where(JobCheckpoint.job_id.in_(owned)), execution_options=quiet)
+    jobs = delete(Job).where(Job.tenant_id == tenant_id, Job.id == job_id, Job.status.in_(TERMINAL))
+    return _rowcount(session.execute(jobs, execution_options=quiet)) > 0
+
+
+# --- garbage collection (every tenant) ------------------------------------------------------------
+
+_IN_BATCH = 500
+
+
+def _rowcount(result: Any) -> int:
+    # A DML statement's result is a CursorResult, which Session.execute's annotation does not say.
+    return int(cast("CursorResult[Any]", result).rowcount or 0)
+
+
+def _finished_before(cutoff: datetime) -> Any:
+    # Terminal moves always set finished_at; created_at stands in for rows written before they did.
+    return Job.status.in_(TERMINAL) & (func.coalesce(Job.finished_at, Job.created_at) < cutoff)
+
+
+def delete_checkpoints_finished_before(session: Session, cutoff: datetime) -> int:
+    """Delete the checkpoint rows of every job that finished before ``cutoff``; returns how many."""
+    expired = select(Job.id).where(_finished_before(cutoff))
+    stmt = delete(JobCheckpoint).where(JobCheckpoint.job_id.in_(expired))
+    return _rowcount(session.execute(stmt, execution_options={"synchronize_session": False}))
+
+
+def collectable(session: Session, job_ids: Sequence[str], cutoff: datetime) -> list[str]:
+    """Those of ``job_ids`` whose stored files may go: the job finished before ``cutoff``, or its row
+    is gone (the job was deleted)."""
+    keep: set[str] = set()
+    for start in range(0, len(job_ids), _IN_BATCH):
+        batch = list(job_ids[start : start + _IN_BATCH])
+        live = select(Job.id).where(Job.id.in_(batch), ~_finished_before(cutoff))
+        keep.update(session.scalars(live))
+    return [job_id for job_id in job_ids if job_id not in keep]

@@ -14,6 +14,7 @@ from sqlalchemy import select
 from api.cli import upgrade_database
 from domain.adapters.models import Adapter
 from domain.db import get_engine, session_scope, utcnow
+from domain.jobs import events as job_events
 from domain.jobs import lifecycle as state
 from domain.jobs.lifecycle import Lease, LeaseLost
 from domain.jobs.models import JobCheckpoint, JobEvent
@@ -39,7 +40,7 @@ def settings(request: pytest.FixtureRequest, settings: Settings, tmp_path: Path)
 
 def claim(settings: Settings, job_id: str) -> Lease | None:
     with session_scope(settings.database_url) as session:
-        return state.claim_run(session, job_id)
+        return state.claim(session, job_id)
 
 
 def reconcile(settings: Settings, *job_ids: str) -> list[tuple[str, str]]:
@@ -109,18 +110,18 @@ class TestFencing:
         before = len(events(settings, job_id))
 
         with session_scope(settings.database_url) as session, pytest.raises(LeaseLost):
-            state.beat(session, old, steps_completed=99)
+            state.heartbeat(session, old, steps_completed=99)
         with session_scope(settings.database_url) as session, pytest.raises(LeaseLost):
-            state.record_checkpoint(session, old, 4, "file:///x", {}, [4])
+            state.checkpoint(session, old, 4, "file:///x", {}, [4])
         with session_scope(settings.database_url) as session:
             adapter = Adapter(
                 id="adapter-stale", tenant_id=get_job(settings, job_id).tenant_id, job_id=job_id,
                 base_model="tiny-bert", method="grft", uri="file:///x", bytes=1,
             )  # fmt: skip
             assert state.complete(session, old, adapter, {}, 1) is None
-            assert not state.finish(session, old, "failed", "stale")
-            assert state.settle_error(session, old, code="error", message="x", param=None, retry=True) is None
-            assert not state.release(session, old)
+            assert not state.fail(session, old, code="error", message="stale", param=None)
+            assert state.end_attempt(session, old, code="error", message="x", param=None, retry=True) is None
+            assert not state.requeue(session, old)
 
         job = get_job(settings, job_id)
         assert (job.status, job.lease_token, job.steps_completed) == ("running", new.token, 0)
@@ -135,8 +136,8 @@ class TestFencing:
         assert lease is not None
         set_job(settings, job_id, status="cancelling")
         with session_scope(settings.database_url) as session:
-            assert state.beat(session, lease) == "cancelling"
-            assert state.settle_cancel(session, lease)
+            assert state.heartbeat(session, lease) == "cancelling"
+            assert state.ack_cancel(session, lease)
         job = get_job(settings, job_id)
         assert job.status == "cancelled"
         assert job.finished_at is not None
@@ -149,7 +150,7 @@ class TestFencing:
             assert lease is not None
             with session_scope(settings.database_url) as session:
                 outcomes.append(
-                    state.settle_error(session, lease, code="error", message="boom", param=None, retry=True)
+                    state.end_attempt(session, lease, code="error", message="boom", param=None, retry=True)
                 )
         assert outcomes == ["queued", "failed"]
         job = get_job(settings, job_id)
@@ -202,7 +203,7 @@ class TestReconcile:
 
 
 def test_clean_json_drops_non_finite_numbers() -> None:
-    assert state.clean_json({"a": [1.0, float("nan")], "b": {"c": float("inf")}}) == {
+    assert job_events.clean_json({"a": [1.0, float("nan")], "b": {"c": float("inf")}}) == {
         "a": [1.0, None],
         "b": {"c": None},
     }
