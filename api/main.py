@@ -1,4 +1,5 @@
-"""The FastAPI application: settings, error handlers and routers, nothing else."""
+"""The FastAPI application: settings, error handlers, routers, and the lifespan that builds the
+process-wide services (``api.deps.Services``) and closes them."""
 
 from __future__ import annotations
 
@@ -7,8 +8,13 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from api.deps import Services
 from api.errors import install_handlers
-from api.metrics import install_metrics
+from api.inference.limits import RateLimiter
+from api.inference.service import build_service
+from api.limits import BodyLimitMiddleware
+from api.metrics import CacheCollector, Metrics, install_metrics
+from domain.artifacts import ArtifactStore
 from domain.settings import Settings, get_settings
 
 
@@ -26,6 +32,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings or get_settings()
     install_handlers(app)
+    app.add_middleware(BodyLimitMiddleware, settings=app.state.settings)  # before auth and parsing
     routers = (
         system_router,
         files_router,
@@ -41,9 +48,28 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
+def start_services(settings: Settings) -> Services:
+    """Build what requests share: cheap, since base models load on their first prediction."""
+    metrics = Metrics() if settings.metrics_enabled else None
+    store = ArtifactStore(settings.artifact_url)
+    inference = build_service(settings, store, on_batch=metrics.on_batch if metrics else None)
+    if metrics is not None:
+        metrics.registry.register(CacheCollector(inference.cache))
+    return Services(
+        settings=settings, store=store, inference=inference, rate_limiter=RateLimiter(), metrics=metrics
+    )
+
+
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
-    yield
-    from api.inference.service import close_service
-
-    close_service(app.state)  # queued predictions finish; the batcher threads stop
+    if getattr(app.state, "services", None) is not None:
+        # A second lifespan on a running app (some test transports start one) shares the first's.
+        yield
+        return
+    services = start_services(app.state.settings)
+    app.state.services = services
+    try:
+        yield
+    finally:
+        services.close()  # queued predictions finish; the batcher threads stop
+        del app.state.services

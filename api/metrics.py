@@ -2,7 +2,8 @@
 
 Each app gets its own ``CollectorRegistry`` (several apps in one process, as in tests, never collide).
 Request metrics come from a small ASGI middleware on the prediction routes; batch metrics from the
-inference service's batchers; cache counters are read from the service at scrape time.
+inference service's batchers; cache counters are read from its cache at scrape time. The ``Metrics``
+object is one of the app's services, built by its lifespan (``api.main``).
 """
 
 from __future__ import annotations
@@ -12,13 +13,13 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from fastapi import APIRouter, FastAPI, Request, Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from fastapi import FastAPI
+from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from grft_core.serving import BatchRecord
+from grft_core.serving import AdapterCache, BatchRecord
 
 _PREDICT_PATHS = {
     "predictions": re.compile(r"^/v1/predictions$"),
@@ -73,21 +74,20 @@ class Metrics:
 
 
 class CacheCollector(Collector):
-    """The adapter cache's counters and size, read from the app's inference service when it exists."""
+    """The adapter cache's counters and size, read from the inference service at scrape time."""
 
-    def __init__(self, app: FastAPI) -> None:
-        self.app = app
+    def __init__(self, cache: AdapterCache) -> None:
+        self.cache = cache
 
     def collect(self) -> Iterator[Any]:
-        service = getattr(self.app.state, "inference", None)
-        stats = service.cache.stats if service is not None else None
+        stats = self.cache.stats
         for name, doc, value in (
-            ("hits", "Adapter cache hits.", stats.hits if stats else 0),
-            ("misses", "Adapter cache misses (loads).", stats.misses if stats else 0),
-            ("evictions", "Adapters unloaded to stay within budget.", stats.evictions if stats else 0),
+            ("hits", "Adapter cache hits.", stats.hits),
+            ("misses", "Adapter cache misses (loads).", stats.misses),
+            ("evictions", "Adapters unloaded to stay within budget.", stats.evictions),
         ):
             yield CounterMetricFamily(f"grft_adapter_cache_{name}", doc, value=value)
-        entries = service.cache.entries() if service is not None else []
+        entries = self.cache.entries()
         yield GaugeMetricFamily("grft_adapter_cache_adapters", "Adapters loaded.", value=len(entries))
         yield GaugeMetricFamily(
             "grft_adapter_cache_bytes", "Bytes of loaded adapters.", value=sum(e.nbytes for e in entries)
@@ -95,16 +95,22 @@ class CacheCollector(Collector):
 
 
 class PredictMetricsMiddleware:
-    """Counts and times the prediction routes (status included, errors too)."""
+    """Counts and times the prediction routes (status included, errors too).
 
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
-        self.app, self.metrics = app, metrics
+    Added when the app is assembled, before its lifespan has built the metrics: it finds them on the
+    app's services, and passes requests through untouched while there are none.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         endpoint = None
         if scope["type"] == "http" and scope.get("method") == "POST":
             endpoint = next((n for n, p in _PREDICT_PATHS.items() if p.match(scope.get("path", ""))), None)
-        if endpoint is None:
+        services = getattr(scope["app"].state, "services", None) if endpoint is not None else None
+        metrics: Metrics | None = getattr(services, "metrics", None)
+        if endpoint is None or metrics is None:
             await self.app(scope, receive, send)
             return
         status = 500
@@ -119,25 +125,10 @@ class PredictMetricsMiddleware:
         try:
             await self.app(scope, receive, send_status)
         finally:
-            self.metrics.requests.labels(endpoint, str(status)).inc()
-            self.metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
+            metrics.requests.labels(endpoint, str(status)).inc()
+            metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
 
 
-router = APIRouter(tags=["system"])
-
-
-@router.get("/metrics", include_in_schema=False)
-def metrics(request: Request) -> Response:
-    """The Prometheus text format."""
-    registry: CollectorRegistry = request.app.state.metrics.registry
-    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
-
-
-def install_metrics(app: FastAPI) -> Metrics:
-    """Create the app's metrics, its middleware and its ``/metrics`` route."""
-    state = Metrics()
-    state.registry.register(CacheCollector(app))
-    app.state.metrics = state
-    app.add_middleware(PredictMetricsMiddleware, metrics=state)
-    app.include_router(router)
-    return state
+def install_metrics(app: FastAPI) -> None:
+    """Count and time the prediction routes (``/metrics`` itself is a system route)."""
+    app.add_middleware(PredictMetricsMiddleware)

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query, Request
+from fastapi import APIRouter, Path, Query
 from fastapi.responses import StreamingResponse
 
 from api.adapters import schemas, service
-from api.deps import SessionDep, SettingsDep, TenantDep
+from api.deps import InferenceDep, SessionDep, SettingsDep, StoreDep, TenantDep
 from api.errors import NotFound, Unauthorized, error_responses
-from api.inference.service import forget_adapter
-from domain.artifacts import ArtifactStore
 from grft_core.errors import AdapterError, FingerprintMismatch, ModelNotFound
 from grft_core.models.registry import ModelRegistry
 
@@ -50,11 +48,11 @@ def adapter_content(
     session: SessionDep,
     tenant: TenantDep,
     settings: SettingsDep,
+    store: StoreDep,
     format: Annotated[schemas.ContentFormat, Query()] = "grft",
 ) -> StreamingResponse:
     """``grft``: the adapter folder as trained. ``peft_lora``: its exact PEFT LoRA export."""
     row = service.get_adapter(session, tenant, adapter_id)
-    store = ArtifactStore(settings.artifact_url)
     chunks = service.content(store, row, format, ModelRegistry(settings.model_dir))
     suffix = "" if format == "grft" else "-peft-lora"
     return StreamingResponse(
@@ -68,8 +66,8 @@ def adapter_content(
     "/{adapter_id}", response_model=schemas.AdapterDeleted, responses=error_responses(Unauthorized, NotFound)
 )
 def delete_adapter(
-    adapter_id: AdapterId, request: Request, session: SessionDep, tenant: TenantDep, settings: SettingsDep
+    adapter_id: AdapterId, session: SessionDep, tenant: TenantDep, store: StoreDep, inference: InferenceDep
 ) -> schemas.AdapterDeleted:
-    service.delete_adapter(session, ArtifactStore(settings.artifact_url), tenant, adapter_id)
-    forget_adapter(request.app.state, adapter_id)
+    service.delete_adapter(session, store, tenant, adapter_id)
+    inference.evict(adapter_id)  # free this replica's copy now; every replica refuses it at the row lookup
     return schemas.AdapterDeleted(id=adapter_id)

@@ -71,9 +71,8 @@ def list_adapters(session: Session, tenant: Tenant, *, after: str | None, limit:
         cursor = repository.get(session, tenant.id, after)
         if cursor is None:
             raise NotFound(f"no adapter with id {after!r} to list after", param="after")
-    # One extra row tells whether another page exists without a COUNT query.
-    rows = repository.page(session, tenant.id, limit=limit + 1, after=cursor)
-    return schemas.AdapterList.of([to_schema(row) for row in rows[:limit]], len(rows) > limit)
+    rows, has_more = repository.page(session, tenant.id, after=cursor, limit=limit)
+    return schemas.AdapterList.of([to_schema(row) for row in rows], has_more)
 
 
 def artifact_key(store: ArtifactStore, row: Adapter) -> str:

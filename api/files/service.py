@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from functools import lru_cache
 from typing import Protocol
 
 from sqlalchemy.orm import Session
@@ -23,12 +22,6 @@ class Upload(Protocol):
     purpose: str
 
     def chunks(self) -> Iterator[bytes]: ...
-
-
-@lru_cache(maxsize=8)
-def store_for(url: str) -> ArtifactStore:
-    """One store object per artifact URL per process (fsspec filesystems are reusable)."""
-    return ArtifactStore(url)
 
 
 def file_key(tenant_id: str, file_id: str) -> str:

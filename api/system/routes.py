@@ -1,4 +1,4 @@
-"""Liveness, readiness and the base-model catalogue (``/v1/models``, OpenAI's shape).
+"""Liveness, readiness, Prometheus metrics and the base-model catalogue (``/v1/models``, OpenAI's shape).
 
 ``/healthz`` says the process serves requests; ``/readyz`` says its dependencies answer (the database
 and the broker), so an orchestrator only routes traffic to replicas that can do the work. Readiness
@@ -11,13 +11,14 @@ import tempfile
 from pathlib import Path
 from typing import Annotated, Literal
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
 from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import text
 
-from api.deps import SettingsDep, TenantDep
+from api.deps import MetricsDep, SettingsDep, TenantDep
 from api.errors import Unauthorized, error_responses
 from domain.db import get_engine
 from domain.queue import broker_folders
@@ -61,6 +62,12 @@ class ModelList(BaseModel):
 
     object: Literal["list"] = "list"
     data: list[Model]
+
+
+@router.get("/metrics", include_in_schema=False)
+def metrics(registered: MetricsDep) -> Response:
+    """The Prometheus text format (404 when ``GRFT_METRICS_ENABLED`` is off)."""
+    return Response(generate_latest(registered.registry), media_type=CONTENT_TYPE_LATEST)
 
 
 @router.get("/healthz", response_model=Health)

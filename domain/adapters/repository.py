@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from sqlalchemy import Select, and_, or_, select
+from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
 from domain.adapters.models import Adapter
+from domain.pagination import keyset_page
 
 
 def _owned(tenant_id: str) -> Select[Adapter]:
@@ -16,21 +17,12 @@ def get(session: Session, tenant_id: str, adapter_id: str) -> Adapter | None:
     return session.scalars(_owned(tenant_id).where(Adapter.id == adapter_id)).first()
 
 
-def page(session: Session, tenant_id: str, *, limit: int, after: Adapter | None = None) -> list[Adapter]:
-    """Up to ``limit`` adapters, newest first, strictly after the cursor row ``after``.
-
-    Ordered by ``(created_at, id)`` so that rows created in the same instant still page stably.
-    """
-    stmt = _owned(tenant_id)
-    if after is not None:
-        stmt = stmt.where(
-            or_(
-                Adapter.created_at < after.created_at,
-                and_(Adapter.created_at == after.created_at, Adapter.id < after.id),
-            )
-        )
-    stmt = stmt.order_by(Adapter.created_at.desc(), Adapter.id.desc()).limit(limit)
-    return list(session.scalars(stmt))
+def page(
+    session: Session, tenant_id: str, *, after: Adapter | None, limit: int
+) -> tuple[list[Adapter], bool]:
+    """Newest first; ``after`` is the last row of the previous page. Returns ``(rows, has_more)``
+    (``domain.pagination``'s contract)."""
+    return keyset_page(session, _owned(tenant_id), (Adapter.created_at, Adapter.id), after, limit)
 
 
 def delete(session: Session, adapter: Adapter) -> None:

@@ -1,6 +1,7 @@
 """The local model store: which base models exist, where their weights live and what they hash to.
 
-The store is a folder (``$GRFT_MODEL_DIR``, else ``~/.cache/grft/models``) with one sub-folder per model
+The store is a folder (given by the caller; else ``$GRFT_MODEL_DIR``, else ``~/.cache/grft/models``) with
+one sub-folder per model
 (``<name>/model.safetensors``, plus ``config.json`` and tokenizer files for transformers models) and an
 index, ``registry.json``. Built-in entries are written into the store the first time they are asked for:
 
@@ -53,12 +54,17 @@ from grft_core.models.serialization import (
 )
 from grft_core.models.tokenizers import copy_tokenizer_files, load_tokenizer
 
-__all__ = ["BUILTIN_MODELS", "ModelRegistry", "ModelSpec", "default_store_dir"]
+__all__ = ["BUILTIN_MODELS", "USER_STORE_DIR", "ModelRegistry", "ModelSpec", "default_store_dir"]
 
 INDEX_FILE = "registry.json"
 WEIGHTS_FILE = "model.safetensors"
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")  # also a folder name: no separators, no "..".
 _TINY_SEED = 0
+#: The store of a user who configured none.
+USER_STORE_DIR = Path.home() / ".cache" / "grft" / "models"
+#: The library's one reading of the environment, for callers that pass no folder (notebooks, the
+#: ``grft`` CLI). A service reads its own configuration and passes the folder to ``ModelRegistry``.
+STORE_DIR_ENV = "GRFT_MODEL_DIR"
 
 
 @dataclass
@@ -110,10 +116,17 @@ class ModelSpec:
         return spec
 
 
-def default_store_dir() -> Path:
-    """Return ``$GRFT_MODEL_DIR`` if set, else ``~/.cache/grft/models``."""
-    env = os.environ.get("GRFT_MODEL_DIR")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "grft" / "models"
+def default_store_dir(store_dir: str | os.PathLike[str] | None = None) -> Path:
+    """Return the store folder: ``store_dir`` when given, else ``$GRFT_MODEL_DIR``, else
+    ``~/.cache/grft/models`` (``USER_STORE_DIR``).
+
+    This is the only place the library reads ``GRFT_MODEL_DIR``; code that has its own configuration
+    passes the folder instead.
+    """
+    if store_dir is not None:
+        return Path(store_dir).expanduser()
+    env = os.environ.get(STORE_DIR_ENV)
+    return Path(env).expanduser() if env else USER_STORE_DIR
 
 
 def _package_dir(package: str, model: str) -> Path:
@@ -228,11 +241,12 @@ class ModelRegistry:
     """Names to base models in a local store.
 
     Args:
-        store_dir: the store folder; ``default_store_dir()`` when omitted. Created on first write.
+        store_dir: the store folder; when omitted, ``default_store_dir()`` decides (the environment,
+            then ``USER_STORE_DIR``). Created on first write.
     """
 
-    def __init__(self, store_dir: Path | None = None) -> None:
-        self.store_dir = Path(store_dir) if store_dir is not None else default_store_dir()
+    def __init__(self, store_dir: str | os.PathLike[str] | None = None) -> None:
+        self.store_dir = default_store_dir(store_dir)
 
     # -- index ---------------------------------------------------------------------------------------
 

@@ -172,7 +172,10 @@ class TestPredictJson:
     def test_anonymous_is_refused_before_the_body_is_read(self, client, add, cnn10, settings) -> None:
         settings.predict_max_items, settings.predict_max_input_bytes = 1, 64
         response = predict(client, add(cnn10).id, [{"text": "x" * 100_000}], {})
-        assert response.status_code == 401  # not 413: the body was never looked at
+        # 413 from the declared length, before authentication: the body was never read (issue 10).
+        assert response.status_code == 413
+        assert response.json()["error"]["code"] == "payload_too_large"
+        assert "GRFT_PREDICT_MAX_ITEMS" in response.json()["error"]["message"]
 
     def test_other_tenant_is_404(self, client, other_auth, add, cnn10) -> None:
         response = predict(client, add(cnn10).id, [{"image": b64(png())}], other_auth)
@@ -316,7 +319,7 @@ class TestInferenceService:
     def test_delete_through_the_api_evicts(self, client, auth, add, cnn10, app) -> None:
         row = add(cnn10)
         assert predict(client, row.id, [{"image": b64(png())}], auth).status_code == 200
-        service: InferenceService = app.state.inference
+        service: InferenceService = app.state.services.inference
         assert service.cached_ids() == [row.id]
 
         assert client.delete(f"/v1/adapters/{row.id}", headers=auth).status_code == 200
@@ -334,7 +337,7 @@ class TestInferenceService:
         response = predict(client, row.id, [{"image": b64(png())}], auth)
         assert response.status_code == 422
         assert response.json()["error"]["code"] == "invalid_adapter"
-        service: InferenceService = app.state.inference
+        service: InferenceService = app.state.services.inference
         assert service.cached_ids() == []
         assert not (service.cache_dir / row.id).exists()  # a refused adapter's files do not linger
 

@@ -67,7 +67,7 @@ def live(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))  # a free port, held until uvicorn takes it over
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), log_level="warning", lifespan="off"))
+    server = uvicorn.Server(uvicorn.Config(create_app(settings), log_level="warning", lifespan="on"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
@@ -185,4 +185,4 @@ class TestJobs:
             live.client.fine_tuning.jobs.retrieve("ftjob-does-not-exist")
 
         assert (missing.value.code, missing.value.param) == ("model_not_found", "model")
-        assert (bad_k.value.code, bad_k.value.param) == ("invalid_config", "method.grft.hyperparameters.k")
+        assert (bad_k.value.code, bad_k.value.param) == ("invalid_request", "method.grft.hyperparameters.k")
