@@ -10,6 +10,7 @@ predict, and stops the server.
 from __future__ import annotations
 
 import base64
+import ctypes
 import io
 import os
 import signal
@@ -20,11 +21,15 @@ import tarfile
 import time
 import zipfile
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import httpx
 
+from domain.jobs.states import TERMINAL, JobStatus
 from grft_core.data.samples import digits_image_folder
+
+_PR_SET_PDEATHSIG = 1
 
 
 def _free_port() -> int:
@@ -49,15 +54,26 @@ def _wait_ready(client: httpx.Client, server: subprocess.Popen[bytes], timeout: 
 
 
 def _stop(server: subprocess.Popen[bytes]) -> None:
-    """SIGTERM the server's process group (server and its worker), SIGKILL after 30 s."""
+    """SIGTERM the server, which stops its worker (in a session of its own) before it exits; SIGKILL
+    its process group after 60 s (the worker then stops itself: it watches its parent)."""
     if server.poll() is not None:
         return
     os.killpg(server.pid, signal.SIGTERM)
     try:
-        server.wait(timeout=30)
+        server.wait(timeout=60)
     except subprocess.TimeoutExpired:
         os.killpg(server.pid, signal.SIGKILL)
         server.wait()
+
+
+def _die_with_parent() -> None:
+    """In the server's process, before exec: SIGTERM it if the demo dies, even by SIGKILL (Linux)."""
+    if sys.platform == "linux":
+        ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+
+
+def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)  # runs the ``finally`` that stops the server
 
 
 def _check(response: httpx.Response) -> Any:
@@ -82,9 +98,13 @@ def run(out_dir: Path) -> None:
     for var in ("GRFT_DATABASE_URL", "GRFT_BROKER_URL", "GRFT_ARTIFACT_URL"):
         env.pop(var, None)  # the embedded default
     log = (out_dir / "server.log").open("wb")
+    # The server has a session of its own (a terminal's Ctrl-C reaches the demo, which stops it); a
+    # SIGTERM of the demo (``kill``, a CI timeout) also goes through the ``finally`` below.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     server = subprocess.Popen(
         [sys.executable, "-m", "api.cli", "serve", "--host", "127.0.0.1", "--port", str(port), "--no-auth"],
         env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        preexec_fn=_die_with_parent,  # the demo has no threads yet: preexec_fn is safe here
     )  # fmt: skip
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) as client:
@@ -125,7 +145,7 @@ def _demo(client: httpx.Client, out_dir: Path) -> None:
     job = _check(client.post("/v1/fine_tuning/jobs", json=body, headers={"Idempotency-Key": "demo-digits"}))
     print(f"3. created {job['id']} (GRFT, k=4 rows per matrix, lambda=1e-4) on mobilenetv2_100")
     last = ""
-    while job["status"] not in ("succeeded", "failed", "cancelled"):
+    while job["status"] not in TERMINAL:
         time.sleep(1.0)
         job = _check(client.get(f"/v1/fine_tuning/jobs/{job['id']}"))
         p = job["progress"]
@@ -135,7 +155,7 @@ def _demo(client: httpx.Client, out_dir: Path) -> None:
         if line != last:
             print(line, flush=True)
             last = line
-    if job["status"] != "succeeded":
+    if job["status"] != JobStatus.SUCCEEDED:
         raise SystemExit(f"job ended {job['status']}: {job['error']}")
     adapter = _check(client.get(f"/v1/adapters/{job['adapter_id']}"))
     metrics = adapter["metrics"]

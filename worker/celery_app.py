@@ -11,12 +11,16 @@ import threading
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_ready, worker_shutdown
+from celery.signals import worker_init, worker_ready, worker_shutdown
 
 from domain.queue import celery_config, publish
 from domain.settings import get_settings
+from worker import housekeeping
 
 log = logging.getLogger(__name__)
+# A worker started by ``grft serve`` follows its parent from the first moment it can, long before the
+# worker's start-up (importing torch) is over: if ``serve`` dies meanwhile, the worker goes too.
+housekeeping.watch_parent()
 
 app = Celery("grft", include=["worker.tasks"])
 app.conf.update(celery_config(get_settings()))
@@ -29,12 +33,18 @@ def publish_task(task_name: str, job_id: str) -> None:
     publish(get_settings(), task_name, job_id)
 
 
-def _start_embedded_reconciler(**_: Any) -> None:
-    # Embedded mode has no beat process: the one worker that ``grft serve`` starts also reconciles,
-    # on a thread, so that lost messages and a previous run's stranded jobs are repaired.
+def _prepare_process(**_: Any) -> None:
+    # Before the consumer and beat start: create GRFT_HOME, work and this process's temp folder (beat
+    # writes its schedule under GRFT_HOME) and sweep what dead workers left.
+    housekeeping.prepare(get_settings())
+
+
+def _start_reconciler(**_: Any) -> None:
+    # Every worker reconciles, on a thread of its own: a job that trains for hours holds the task
+    # loop, so a pass queued as a task could wait behind it. In the distributed mode the passes take an
+    # advisory lock (worker.reconcile), so recovery needs no special process; in the embedded mode the
+    # one worker that ``grft serve`` starts repairs what lost messages and a previous run left.
     settings = get_settings()
-    if not settings.embedded:
-        return
     from worker.reconcile import reconcile_forever
 
     threading.Thread(
@@ -43,12 +53,18 @@ def _start_embedded_reconciler(**_: Any) -> None:
         name="grft-reconciler",
         daemon=True,
     ).start()
-    log.info("embedded reconciler started (every %.0f s)", settings.reconcile_seconds)
+    log.info("reconciler started (every %.0f s)", settings.reconcile_seconds)
 
 
-def _stop_embedded_reconciler(**_: Any) -> None:
+def _stop_reconciler_thread(**_: Any) -> None:
     _stop_reconciler.set()
 
 
-worker_ready.connect(_start_embedded_reconciler, weak=False)
-worker_shutdown.connect(_stop_embedded_reconciler, weak=False)
+def _remove_process_temp(**_: Any) -> None:
+    housekeeping.remove_process_temp()
+
+
+worker_init.connect(_prepare_process, weak=False)
+worker_ready.connect(_start_reconciler, weak=False)
+worker_shutdown.connect(_stop_reconciler_thread, weak=False)
+worker_shutdown.connect(_remove_process_temp, weak=False)

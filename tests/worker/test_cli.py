@@ -15,10 +15,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from api.cli import is_loopback, main, worker_command
+from api.cli import is_loopback, lock_home, main, worker_command, worker_env
 from domain.auth.keys import authenticate
 from domain.db import get_engine, session_scope
 from domain.settings import Settings, get_settings
+from tests.worker.conftest import REDIS_URL
 
 
 @pytest.fixture
@@ -97,6 +98,7 @@ def _free_port() -> int:
 
 
 def _processes_with(marker: str) -> list[int]:
+    """The processes whose command line mentions ``marker``."""
     found = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -108,37 +110,202 @@ def _processes_with(marker: str) -> list[int]:
     return found
 
 
-@pytest.mark.slow
-def test_serve_runs_the_embedded_worker_and_stops_it(tmp_path: Path, model_store: Path) -> None:
-    queue = f"serve-{uuid.uuid4().hex[:8]}"
+def _processes_of(folder: Path) -> list[int]:
+    """The live processes (not zombies) whose command line or environment mentions ``folder``."""
+    marker, found = str(folder).encode(), []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if (entry / "stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                continue
+            if marker in (entry / "cmdline").read_bytes() or marker in (entry / "environ").read_bytes():
+                found.append(int(entry.name))
+        except (OSError, IndexError):
+            continue  # gone, or another user's
+    return found
+
+
+def _environ(pid: int) -> dict[str, str]:
+    raw = Path(f"/proc/{pid}/environ").read_bytes().decode(errors="replace")
+    return dict(item.split("=", 1) for item in raw.split("\0") if "=" in item)
+
+
+def _wait_gone(folder: Path, timeout: float) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while (left := _processes_of(folder)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return left
+
+
+def _kill_all_of(folder: Path) -> None:
+    """Clean-up after a failure: SIGKILL what this test started (the processes that name its folder)."""
+    for pid in _processes_of(folder):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def _serve_env(tmp_path: Path, model_store: Path, queue: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("GRFT_")}
     env.update(GRFT_HOME=str(tmp_path / "home"), GRFT_QUEUE=queue, GRFT_MODEL_DIR=str(model_store))
     env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    port = _free_port()
-    log = tmp_path / "serve.log"
+    return env
+
+
+def _start_serve(env: dict[str, str], port: int, log: Path) -> subprocess.Popen[bytes]:
     with log.open("wb") as out:
-        serve = subprocess.Popen(
+        # A session of its own, as ``make demo`` starts it: signals reach it only from this test.
+        return subprocess.Popen(
             [sys.executable, "-m", "api.cli", "serve", "--no-auth", "--port", str(port)],
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
-    try:
-        deadline, up = time.monotonic() + 120, False
-        while time.monotonic() < deadline and not up:
-            assert serve.poll() is None, log.read_text()
-            try:
-                up = httpx.get(f"http://127.0.0.1:{port}/openapi.json", timeout=2).status_code == 200
-            except httpx.TransportError:
-                time.sleep(0.5)
-        assert up, log.read_text()
-        while time.monotonic() < deadline and not _processes_with(f"-Q\0{queue}\0"):
+
+
+def _wait_serving(serve: subprocess.Popen[bytes], port: int, queue: str, log: Path) -> int:
+    """Wait for /healthz and for the embedded worker; returns the worker's pid."""
+    deadline, up = time.monotonic() + 120, False
+    while time.monotonic() < deadline and not up:
+        assert serve.poll() is None, log.read_text()
+        try:
+            up = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200
+        except httpx.TransportError:
             time.sleep(0.5)
-        assert _processes_with(f"-Q\0{queue}\0"), log.read_text()
+    assert up, log.read_text()
+    while time.monotonic() < deadline and not _processes_with(f"-Q\0{queue}\0"):
+        time.sleep(0.5)
+    workers = _processes_with(f"-Q\0{queue}\0")
+    assert len(workers) == 1, log.read_text()
+    return workers[0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_serve_runs_the_embedded_worker_and_stops_it(
+    tmp_path: Path, model_store: Path, stop: signal.Signals
+) -> None:
+    queue = f"serve-{uuid.uuid4().hex[:8]}"
+    env = _serve_env(tmp_path, model_store, queue)
+    home = tmp_path / "home"
+    port = _free_port()
+    log = tmp_path / "serve.log"
+    serve = _start_serve(env, port, log)
+    try:
+        worker = _wait_serving(serve, port, queue, log)
         assert "auth is off" in log.read_text()
-        assert (tmp_path / "home" / "grft.db").is_file()
-    finally:
-        serve.send_signal(signal.SIGINT)
+        assert (home / "grft.db").is_file()
+        # The command's choices reach the app and the worker by argument, not through os.environ.
+        assert httpx.get(f"http://127.0.0.1:{port}/v1/files", timeout=10).status_code == 200
+        worker_env = _environ(worker)
+        assert worker_env["GRFT_AUTH_DISABLED"] == "true"
+        assert worker_env["GRFT_PORT"] == str(port)
+        assert worker_env["GRFT_QUEUE"] == queue
+        assert worker_env["GRFT_PARENT_PID"] == str(serve.pid)
+        # A second serve on the same home refuses to start a second worker.
+        second = subprocess.run(
+            [sys.executable, "-m", "api.cli", "serve", "--no-auth", "--port", str(_free_port())],
+            env=env,
+            capture_output=True,
+            timeout=120,
+        )
+        assert second.returncode == 2, second.stderr.decode()
+        assert f"pid {serve.pid}" in second.stderr.decode()
+        assert _processes_with(f"-Q\0{queue}\0") == [worker]
+
+        serve.send_signal(stop)
         serve.wait(60)
-    assert serve.returncode == 0, log.read_text()
-    assert _processes_with(f"-Q\0{queue}\0") == []
+        assert serve.returncode == 0, log.read_text()
+        assert _wait_gone(home, 10) == [], log.read_text()
+        assert _processes_with(f"-Q\0{queue}\0") == []
+    finally:
+        serve.kill()
+        serve.wait()
+        _kill_all_of(home)
+
+
+@pytest.mark.slow
+def test_a_killed_serve_leaves_no_worker_behind(tmp_path: Path, model_store: Path) -> None:
+    queue = f"serve-{uuid.uuid4().hex[:8]}"
+    home = tmp_path / "home"
+    port = _free_port()
+    log = tmp_path / "serve.log"
+    serve = _start_serve(_serve_env(tmp_path, model_store, queue), port, log)
+    try:
+        _wait_serving(serve, port, queue, log)
+        serve.kill()  # no clean-up can run: the worker notices its parent is gone
+        serve.wait()
+        assert _wait_gone(home, 30) == [], log.read_text()
+        lock_home(Settings(home=home)).close()  # the home is free again
+    finally:
+        serve.kill()
+        serve.wait()
+        _kill_all_of(home)
+
+
+class TestControlWorker:
+    def test_starts_beat_on_a_fresh_machine(self, tmp_path: Path, database_url: str) -> None:
+        """Nothing exists under HOME: the control worker creates GRFT_HOME before its beat writes there."""
+        fresh = tmp_path / "fresh-user"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("GRFT_")}
+        env.update(
+            HOME=str(fresh),
+            GRFT_DATABASE_URL=database_url,
+            GRFT_BROKER_URL=REDIS_URL,
+            GRFT_QUEUE=f"control-{uuid.uuid4().hex[:8]}",
+            OMP_NUM_THREADS="1",
+        )
+        home = fresh / ".local" / "share" / "grft"
+        log = tmp_path / "control.log"
+        with log.open("wb") as out:
+            worker = subprocess.Popen(
+                [sys.executable, "-m", "api.cli", "worker", "--control"],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        try:
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline and not list(home.glob("celerybeat-schedule*")):
+                assert worker.poll() is None, log.read_text()
+                time.sleep(0.5)
+            assert list(home.glob("celerybeat-schedule*")), log.read_text()
+            assert (home / "work").is_dir()
+            time.sleep(2)  # beat opened its schedule and is running
+            assert worker.poll() is None, log.read_text()
+            text = log.read_text()
+            assert "FileNotFoundError" not in text, text
+            assert "Traceback" not in text, text
+            worker.terminate()
+            worker.wait(60)
+            assert _wait_gone(fresh, 10) == [], log.read_text()
+        finally:
+            worker.kill()
+            worker.wait()
+            _kill_all_of(fresh)
+
+
+class TestWorkerEnv:
+    def test_the_environment_rebuilds_the_settings(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        settings = Settings(
+            home=tmp_path / "home",
+            auth_disabled=True,
+            port=8123,
+            queue="q1",
+            dataset_roots=[tmp_path / "a", tmp_path / "b"],
+            heartbeat_seconds=0.25,
+        )
+        env = worker_env(settings, base={"PATH": "/bin", "GRFT_STALE": "x", "GRFT_PORT": "1"})
+        assert env["PATH"] == "/bin"
+        assert "GRFT_STALE" not in env
+        for name in [n for n in os.environ if n.startswith("GRFT_")]:
+            monkeypatch.delenv(name)
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        assert Settings().model_dump() == settings.model_dump()
