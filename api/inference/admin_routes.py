@@ -9,9 +9,9 @@ from fastapi import APIRouter, Path
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
-from api.deps import SessionDep, TenantDep
+from api.deps import InferenceDep, SessionDep, TenantDep
 from api.errors import NotFound, Unauthorized, error_responses
-from api.inference.routes import InferenceDep, adapter_refs
+from api.inference.routes import adapter_refs
 from api.inference.service import AdapterRef
 from domain.adapters.models import Adapter
 from grft_core.errors import AdapterError, FingerprintMismatch, ModelNotFound

@@ -10,12 +10,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, Request
+from fastapi import APIRouter, Depends, Path
 from sqlalchemy.orm import Session
 
 from api.adapters.service import get_adapter
-from api.deps import SessionDep, SettingsDep, TenantDep
-from api.errors import BadRequest, NotFound, PayloadTooLarge, QuotaExceeded, Unauthorized, error_responses
+from api.deps import InferenceDep, RateLimiterDep, SessionDep, SettingsDep, TenantDep
+from api.errors import BadRequest, NotFound, PayloadTooLarge, RateLimited, Unauthorized, error_responses
 from api.inference.body import read_inputs, read_predictions, request_body_doc
 from api.inference.limits import RateLimiter
 from api.inference.schemas import (
@@ -25,9 +25,9 @@ from api.inference.schemas import (
     PredictionList,
     PredictionsRequest,
     RawInput,
-    decode_inputs,
+    decode_for,
 )
-from api.inference.service import AdapterRef, InferenceService, Ranked, service_for
+from api.inference.service import AdapterRef, InferenceService, Ranked
 from domain.auth.models import Tenant
 from domain.settings import Settings
 from grft_core.errors import AdapterError, FingerprintMismatch, ModelNotFound
@@ -42,23 +42,12 @@ _ERRORS = error_responses(
     BadRequest,
     FingerprintMismatch,
     ModelNotFound,
-    QuotaExceeded,
+    RateLimited,
 ) | {AdapterError.status_code: {"description": "invalid input, or an adapter that cannot be served"}}
 
 
-def get_inference(request: Request, settings: SettingsDep) -> InferenceService:
-    metrics = getattr(request.app.state, "metrics", None)
-    return service_for(request.app.state, settings, on_batch=metrics.on_batch if metrics else None)
-
-
-InferenceDep = Annotated[InferenceService, Depends(get_inference)]
-
-
-def rate_limited(request: Request, tenant: TenantDep, settings: SettingsDep) -> Tenant:
+def rate_limited(tenant: TenantDep, settings: SettingsDep, limiter: RateLimiterDep) -> Tenant:
     """The caller's tenant, after taking one request from its rate limit."""
-    limiter: RateLimiter | None = getattr(request.app.state, "rate_limiter", None)
-    if limiter is None:
-        limiter = request.app.state.rate_limiter = RateLimiter()
     limiter.check(tenant.id, settings.predict_rate_per_minute)
     return tenant
 
@@ -98,16 +87,30 @@ def _answers(results: Sequence[Ranked]) -> PredictionList:
 
 
 def _run(
-    inference: InferenceService, raw: Sequence[RawInput], refs: Sequence[AdapterRef], settings: Settings
+    inference: InferenceService,
+    raw: Sequence[RawInput],
+    refs: Sequence[AdapterRef],
+    settings: Settings,
+    tenant: Tenant,
+    limiter: RateLimiter,
 ) -> PredictionList:
-    with inference.leased(refs):
+    with inference.leased(refs) as served:
         items = [
-            decode_inputs([r], inference.modality(ref.base_model), settings.predict_max_input_bytes, ref.id)[
-                0
-            ]
+            decode_for(
+                r,
+                inference.modality(ref.base_model),
+                inference.engine(ref.base_model).preprocessor(served[ref.id].preprocess_key),
+                settings,
+                ref.id,
+            )
             for r, ref in zip(raw, refs, strict=True)
         ]
-        return _answers(inference.predict(items, refs))
+        # Cut and priced in this thread; admitted within the tenant's in-flight allowance; then batched
+        # in turns with other tenants' requests, by cost.
+        items, costs = inference.prepare(items, refs)
+        limits = settings.inference_tenant_max_cost, settings.inference_tenant_max_requests
+        with limiter.admission.admitted(tenant.id, sum(costs), *limits):
+            return _answers(inference.predict(items, refs, tenant=tenant.id, costs=costs))
 
 
 @router.post(
@@ -123,12 +126,13 @@ def predict(
     session: SessionDep,
     settings: SettingsDep,
     inference: InferenceDep,
+    limiter: RateLimiterDep,
     raw: Annotated[list[RawInput], Depends(read_inputs)],
 ) -> PredictionList:
     """One prediction per input, in input order: the label, its probability and the top 5."""
     ref = adapter_refs(session, tenant, inference.store, [adapter_id], ["adapter_id"])[0]
     _check_count(len(raw), settings, "inputs")
-    return _run(inference, raw, [ref] * len(raw), settings)
+    return _run(inference, raw, [ref] * len(raw), settings, tenant, limiter)
 
 
 @router.post("/v1/predictions", response_model=PredictionList, responses=_ERRORS)
@@ -137,6 +141,7 @@ def predictions(
     session: SessionDep,
     settings: SettingsDep,
     inference: InferenceDep,
+    limiter: RateLimiterDep,
     body: Annotated[PredictionsRequest, Depends(read_predictions)],
 ) -> PredictionList:
     """Items that each name their adapter, answered in order; adapters of one base share forward passes.
@@ -154,4 +159,4 @@ def predictions(
         else RawInput("text", item.input.text or "", f"items[{i}].input.text")
         for i, item in enumerate(body.items)
     ]
-    return _run(inference, raw, refs, settings)
+    return _run(inference, raw, refs, settings, tenant, limiter)

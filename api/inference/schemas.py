@@ -3,12 +3,16 @@
 The JSON body is bounded twice: statically here (at most 4,096 inputs, the ceiling of
 ``predict_max_items``) and per deployment by the route, which checks the item count against
 ``settings.predict_max_items`` and every input's size against ``settings.predict_max_input_bytes``.
+Decoding is bounded too: an image's pixels are checked from its header (``max_image_pixels``) and it is
+decoded toward the size the model needs; a text is refused over ``max_text_chars`` characters (and the
+preprocessor cuts it to what ``max_length`` tokens use before tokenizing).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,7 +22,8 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from api.errors import PayloadTooLarge
-from grft_core.data.formats import decode_image
+from domain.settings import Settings
+from grft_core.data.formats import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_TEXT_CHARS, decode_image
 from grft_core.errors import DatasetRejected, GrftError
 
 MAX_ITEMS_CEILING = 4096
@@ -105,13 +110,46 @@ class RawInput:
     param: str
 
 
-def decode_inputs(raw: Sequence[RawInput], modality: str, max_bytes: int, adapter_id: str) -> list[Any]:
-    """PIL images or strings, in order.
+def image_side(preprocessor: Any) -> int | None:
+    """The shorter side an image needs for ``preprocessor`` (what it resizes to before its center
+    crop), or None for a preprocessor without an image size."""
+    size = getattr(preprocessor, "input_size", None)
+    if not size:
+        return None
+    crop = float(getattr(preprocessor, "crop_pct", 1.0)) or 1.0
+    longest = int(max(size[1:]))
+    return max(longest, math.ceil(longest / crop))
+
+
+def decode_for(item: RawInput, modality: str, preprocessor: Any, settings: Settings, adapter_id: str) -> Any:
+    """One input decoded within ``settings``' bounds, an image toward the size ``preprocessor`` needs."""
+    return decode_inputs(
+        [item],
+        modality,
+        settings.predict_max_input_bytes,
+        adapter_id,
+        max_pixels=settings.max_image_pixels,
+        max_chars=settings.max_text_chars,
+        side=image_side(preprocessor),
+    )[0]
+
+
+def decode_inputs(
+    raw: Sequence[RawInput],
+    modality: str,
+    max_bytes: int,
+    adapter_id: str,
+    *,
+    max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+    max_chars: int = DEFAULT_MAX_TEXT_CHARS,
+    side: int | None = None,
+) -> list[Any]:
+    """PIL images or strings, in order; images decoded toward ``side`` (their shorter side) when set.
 
     Raises:
-        InvalidInput: wrong modality, bad base64, an image Pillow cannot decode or refuses as a
-            decompression bomb.
-        PayloadTooLarge: an input over ``max_bytes``.
+        InvalidInput: wrong modality, bad base64, an image Pillow cannot decode, or one over
+            ``max_pixels`` (read from its header, before decoding) or Pillow's own bomb limit.
+        PayloadTooLarge: an input over ``max_bytes``, a text over ``max_chars`` characters.
     """
     for item in raw:
         if item.kind != modality:
@@ -120,7 +158,10 @@ def decode_inputs(raw: Sequence[RawInput], modality: str, max_bytes: int, adapte
                 param=item.param,
             )
     return [
-        _decode_image(item, max_bytes) if item.kind == "image" else _text(item, max_bytes) for item in raw
+        _decode_image(item, max_bytes, max_pixels, side)
+        if item.kind == "image"
+        else _text(item, max_bytes, max_chars)
+        for item in raw
     ]
 
 
@@ -128,14 +169,20 @@ def _too_large(param: str, max_bytes: int) -> PayloadTooLarge:
     return PayloadTooLarge(f"{param}: over the {max_bytes:,}-byte limit per input", param=param)
 
 
-def _text(item: RawInput, max_bytes: int) -> str:
+def _text(item: RawInput, max_bytes: int, max_chars: int) -> str:
     text = item.data if isinstance(item.data, str) else item.data.decode("utf-8", "replace")
     if len(text.encode("utf-8")) > max_bytes:
         raise _too_large(item.param, max_bytes)
+    if len(text) > max_chars:
+        raise PayloadTooLarge(
+            f"{item.param}: {len(text):,} characters, over the {max_chars:,}-character limit per text "
+            "(GRFT_MAX_TEXT_CHARS)",
+            param=item.param,
+        )
     return text
 
 
-def _decode_image(item: RawInput, max_bytes: int) -> Image.Image:
+def _decode_image(item: RawInput, max_bytes: int, max_pixels: int, side: int | None) -> Image.Image:
     data = item.data
     if isinstance(data, str):
         encoded = _DATA_URL.sub("", data, count=1)
@@ -150,6 +197,6 @@ def _decode_image(item: RawInput, max_bytes: int) -> Image.Image:
         raise _too_large(item.param, max_bytes)
     try:
         # The loader training uses: decompression-bomb warnings are errors, result is RGB.
-        return decode_image(data, item.param, item.param)
+        return decode_image(data, item.param, item.param, max_pixels=max_pixels, reduce_to=side)
     except DatasetRejected as exc:
         raise InvalidInput(exc.message, param=item.param) from exc

@@ -8,7 +8,8 @@ The library does the serving (``grft_core.serving``); this module wires it to th
   is downloaded from the artifact store into a folder private to this process on first use (whole or
   absent), read, checked against its base's fingerprint and given a slot; eviction removes the files.
 * **Batching**: one ``DynamicBatcher`` per engine gathers concurrent requests, whatever their
-  adapters, for up to ``inference_max_wait_ms`` into one forward pass.
+  adapters, for up to ``inference_max_wait_ms`` into one forward pass, round robin over tenants by
+  cost (``prepare`` cuts texts to what the model reads and prices each item in the caller's thread).
 
 A request leases its adapters before submitting its items, so no adapter it needs can be evicted
 between the lookup and the forward.
@@ -47,6 +48,7 @@ from grft_core.serving import (
     DynamicBatcher,
     ServedAdapter,
     ServingEngine,
+    prepare_items,
 )
 
 #: A prediction: the label and the top-5 ``(label, probability)`` pairs, best first.
@@ -79,6 +81,7 @@ class InferenceService:
         max_adapters: at most this many adapters loaded (None: only the byte budget limits).
         max_batch: the most items one forward pass gathers.
         max_wait_s: how long a request waits for others to share its forward pass.
+        max_batch_cost: the most cost one forward pass gathers, in full-size items (None: max_batch).
         device: where models run (default: CUDA when present, else CPU).
         on_batch: called after every forward pass (metrics).
     """
@@ -93,6 +96,7 @@ class InferenceService:
         max_adapters: int | None = None,
         max_batch: int = 64,
         max_wait_s: float = 0.005,
+        max_batch_cost: float | None = None,
         device: torch.device | None = None,
         on_batch: Callable[[BatchRecord], None] | None = None,
     ) -> None:
@@ -100,6 +104,7 @@ class InferenceService:
         self.registry = registry
         self.device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.max_batch, self.max_wait_s, self.on_batch = max_batch, max_wait_s, on_batch
+        self.max_batch_cost = max_batch_cost
         cache_root.mkdir(parents=True, exist_ok=True)
         # Private to this process: replicas sharing a home folder never read each other's half-written
         # copies, and everything goes when the service does.
@@ -129,6 +134,7 @@ class InferenceService:
                     engine.probabilities,
                     max_batch=self.max_batch,
                     max_wait_s=self.max_wait_s,
+                    max_cost=self.max_batch_cost,
                     on_batch=self.on_batch,
                     name=f"batcher-{base_model}",
                 )
@@ -203,76 +209,96 @@ class InferenceService:
 
     # -- predicting -------------------------------------------------------------------------------
 
-    def probabilities(self, items: Sequence[Any], refs: Sequence[AdapterRef]) -> list[Tensor]:
+    def prepare(self, items: Sequence[Any], refs: Sequence[AdapterRef]) -> tuple[list[Any], list[float]]:
+        """Decoded items cut to what their models read (texts), and each item's cost in full-size items.
+
+        Runs in the caller's thread (adapters leased), so a huge text is cut there, not in a batcher
+        that other tenants' requests share.
+        """
+        out, costs = list(items), [1.0] * len(items)
+        for base, positions in _by_base(refs).items():
+            cut, priced = prepare_items(
+                self.engine(base), [items[i] for i in positions], [refs[i].id for i in positions]
+            )
+            for i, item, cost in zip(positions, cut, priced, strict=True):
+                out[i], costs[i] = item, cost
+        return out, costs
+
+    def probabilities(
+        self,
+        items: Sequence[Any],
+        refs: Sequence[AdapterRef],
+        *,
+        tenant: str = "",
+        costs: Sequence[float] | None = None,
+    ) -> list[Tensor]:
         """Per decoded item, its class probabilities under its adapter (leased by the caller).
 
         Items of different base models go to their own engines; each engine's batcher may run them
-        together with other requests' items.
+        together with other requests' items, taking turns by ``tenant`` and ``costs`` (from ``prepare``;
+        default one per item).
         """
-        by_base: dict[str, list[int]] = {}
-        for i, ref in enumerate(refs):
-            by_base.setdefault(ref.base_model, []).append(i)
         futures: list[tuple[list[int], Future[list[Tensor]]]] = []
-        for base, positions in by_base.items():
+        for base, positions in _by_base(refs).items():
             self.engine(base)
             batcher = self._batchers[base]
-            futures.append(
-                (positions, batcher.submit([items[i] for i in positions], [refs[i].id for i in positions]))
+            cost = None if costs is None else sum(costs[i] for i in positions)
+            submitted = batcher.submit(
+                [items[i] for i in positions], [refs[i].id for i in positions], tenant=tenant, cost=cost
             )
+            futures.append((positions, submitted))
         out: list[Tensor] = [torch.empty(0)] * len(items)
         for positions, future in futures:
             for i, probs in zip(positions, future.result(timeout=RESULT_TIMEOUT_S), strict=True):
                 out[i] = probs
         return out
 
-    def predict(self, items: Sequence[Any], refs: Sequence[AdapterRef]) -> list[Ranked]:
+    def predict(
+        self,
+        items: Sequence[Any],
+        refs: Sequence[AdapterRef],
+        *,
+        tenant: str = "",
+        costs: Sequence[float] | None = None,
+    ) -> list[Ranked]:
         """Per item: the label and the top-5 ``(label, probability)`` pairs of its adapter."""
-        probs = self.probabilities(items, refs)
+        probs = self.probabilities(items, refs, tenant=tenant, costs=costs)
+        for p, ref in zip(probs, refs, strict=True):
+            # Finite files can still overflow (huge deltas): a NaN score is the adapter's fault, not a 500.
+            if not bool(torch.isfinite(p).all()):
+                raise AdapterError(f"adapter {ref.id!r} gives non-finite scores", param="adapter_id")
         return [
             ranked(p, self.cache.engine_for(ref.base_model).get(ref.id).labels)
             for p, ref in zip(probs, refs, strict=True)
         ]
 
 
-_STATE_ATTR = "inference"
-_create_lock = threading.Lock()
+def build_service(
+    settings: Settings, store: ArtifactStore, on_batch: Callable[[BatchRecord], None] | None = None
+) -> InferenceService:
+    """The process's one ``InferenceService`` (built by the app's lifespan). Cheap: base models load
+    on their first request."""
+    if settings.torch_threads:
+        torch.set_num_threads(settings.torch_threads)
+    return InferenceService(
+        store,
+        ModelRegistry(settings.model_dir),
+        settings.home / "cache",
+        budget_bytes=settings.inference_cache_bytes,
+        max_adapters=settings.inference_max_adapters,
+        max_batch=settings.inference_max_batch,
+        max_wait_s=settings.inference_max_wait_ms / 1000,
+        max_batch_cost=settings.inference_max_batch_cost,
+        on_batch=on_batch,
+    )
 
 
-def service_for(state: Any, settings: Settings, **kwargs: Any) -> InferenceService:
-    """The process's one ``InferenceService``, kept on the app's ``state`` and created on first use."""
-    service: InferenceService | None = getattr(state, _STATE_ATTR, None)
-    if service is None:
-        with _create_lock:
-            service = getattr(state, _STATE_ATTR, None)
-            if service is None:
-                if settings.torch_threads:
-                    torch.set_num_threads(settings.torch_threads)
-                service = InferenceService(
-                    ArtifactStore(settings.artifact_url),
-                    ModelRegistry(settings.model_dir),
-                    settings.home / "cache",
-                    budget_bytes=settings.inference_cache_bytes,
-                    max_adapters=settings.inference_max_adapters,
-                    max_batch=settings.inference_max_batch,
-                    max_wait_s=settings.inference_max_wait_ms / 1000,
-                    **kwargs,
-                )
-                setattr(state, _STATE_ATTR, service)
-    return service
-
-
-def close_service(state: Any) -> None:
-    """Stop this process's service's batchers, if one was ever started."""
-    service: InferenceService | None = getattr(state, _STATE_ATTR, None)
-    if service is not None:
-        service.close()
-
-
-def forget_adapter(state: Any, adapter_id: str) -> None:
-    """Evict a deleted adapter from this process's service, if one was ever started."""
-    service: InferenceService | None = getattr(state, _STATE_ATTR, None)
-    if service is not None:
-        service.evict(adapter_id)
+def _by_base(refs: Sequence[AdapterRef]) -> dict[str, list[int]]:
+    """Item positions per base model, in order."""
+    by_base: dict[str, list[int]] = {}
+    for i, ref in enumerate(refs):
+        by_base.setdefault(ref.base_model, []).append(i)
+    return by_base
 
 
 def ranked(probs: Tensor, labels: Sequence[str]) -> Ranked:

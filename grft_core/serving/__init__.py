@@ -2,6 +2,7 @@
 
 from grft_core.serving.batcher import BatchRecord, DynamicBatcher
 from grft_core.serving.cache import AdapterCache, CacheEntry, CacheStats
+from grft_core.serving.cost import prepare_items, text_prefix
 from grft_core.serving.engine import ServedAdapter, ServingEngine
 
 __all__ = [
@@ -12,4 +13,6 @@ __all__ = [
     "DynamicBatcher",
     "ServedAdapter",
     "ServingEngine",
+    "prepare_items",
+    "text_prefix",
 ]

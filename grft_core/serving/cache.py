@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from grft_core.adapters.format import load_adapter
+from grft_core.adapters.validation import check_fits
 from grft_core.errors import AdapterError
 from grft_core.serving.engine import ServedAdapter, ServingEngine
 
@@ -96,7 +97,9 @@ class AdapterCache:
         """Lease an adapter, loading it if needed; pair every call with ``release``.
 
         Raises:
-            AdapterError, FingerprintMismatch: the adapter cannot be served (nothing is kept).
+            AdapterError, FingerprintMismatch: the adapter cannot be served: its files are unreadable or
+                malformed (truncated, non-finite values, indices out of range), it was trained on other
+                weights, or it does not fit the budget (nothing is kept).
         """
         return self._get(adapter_id, fetch, lease=1)
 
@@ -213,6 +216,8 @@ class AdapterCache:
         if not base:
             raise AdapterError(f"adapter {adapter_id} names no base_model", param="base_model")
         engine = self.engine_for(base)
+        # A corrupt file is refused here, never in a forward pass that other requests share.
+        check_fits(adapter.config, adapter.tensors, engine.model)
         served = engine.add(adapter_id, adapter)
         if served.nbytes > self.budget_bytes:
             engine.remove(adapter_id)
