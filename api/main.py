@@ -72,4 +72,5 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
     finally:
         services.close()  # queued predictions finish; the batcher threads stop
-        del app.state.services
+        if getattr(app.state, "services", None) is services:
+            app.state.services = None

@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 from grft_core.adapters.format import (
     CONFIG_NAME,
@@ -164,3 +165,144 @@ def test_masked_dense_adapter_equals_grft_adapter(registry):
     assert g.keys() == d.keys()
     for key in g:
         torch.testing.assert_close(d[key], g[key], rtol=1e-4, atol=5e-5)
+
+
+def _rewrite(folder, change):
+    """Load the folder's tensors, let ``change`` edit the dict in place, write them back."""
+    tensors = load_file(str(folder / WEIGHTS_NAME))
+    change(tensors)
+    save_file(tensors, str(folder / WEIGHTS_NAME), metadata={"format": "grft-adapter"})
+
+
+def _first(tensors, suffix):
+    return next(n for n in sorted(tensors) if n.endswith(suffix))
+
+
+def _truncate(folder):
+    data = (folder / WEIGHTS_NAME).read_bytes()
+    (folder / WEIGHTS_NAME).write_bytes(data[: len(data) // 2])
+
+
+def _set_index(value, position):
+    def change(t):
+        name = _first(t, ".grft_indices")
+        t[name] = t[name].clone()
+        t[name][position] = value
+
+    return lambda folder: _rewrite(folder, change)
+
+
+def _retype(suffix, dtype):
+    def change(t):
+        name = _first(t, suffix)
+        t[name] = t[name].to(dtype)
+
+    return lambda folder: _rewrite(folder, change)
+
+
+def _poison(suffix, value):
+    def change(t):
+        name = _first(t, suffix)
+        t[name] = t[name].clone()
+        t[name].view(-1)[0] = value
+
+    return lambda folder: _rewrite(folder, change)
+
+
+def _drop(suffix):
+    return lambda folder: _rewrite(folder, lambda t: t.pop(_first(t, suffix)))
+
+
+def _unsorted(folder):
+    def change(t):
+        name = _first(t, ".grft_indices")
+        t[name] = t[name].flip(0).contiguous()
+
+    _rewrite(folder, change)
+
+
+def _duplicated(folder):
+    def change(t):
+        name = _first(t, ".grft_indices")
+        t[name] = t[name][:1].repeat(t[name].numel()).contiguous()
+
+    _rewrite(folder, change)
+
+
+def _narrow_delta(folder):
+    def change(t):
+        name = _first(t, ".grft_delta")
+        t[name] = t[name][:, :-1].contiguous()
+
+    _rewrite(folder, change)
+
+
+def _config(change):
+    def corrupt(folder):
+        doc = json.loads((folder / CONFIG_NAME).read_text())
+        change(doc)
+        (folder / CONFIG_NAME).write_text(json.dumps(doc))
+
+    return corrupt
+
+
+# (corruption, what the error says); every one must raise AdapterError while loading or applying.
+CORRUPTIONS = {
+    "truncated": (_truncate, "not a readable safetensors file"),
+    "garbage": (lambda f: (f / WEIGHTS_NAME).write_bytes(b"\x00" * 64), "not a readable safetensors"),
+    "nan-delta": (_poison(".grft_delta", float("nan")), "NaN or infinite"),
+    "inf-head": (_poison("task_head.weight", float("inf")), "NaN or infinite"),
+    "negative-index": (_set_index(-1, 0), "negative index"),
+    "index-past-end": (_set_index(10_000, -1), "outside"),
+    "unsorted": (_unsorted, "not strictly increasing"),
+    "duplicated": (_duplicated, "not strictly increasing"),
+    "float-indices": (_retype(".grft_indices", torch.float32), "int32 is expected"),
+    "integer-delta": (_retype(".grft_delta", torch.int32), "floating dtype"),
+    "delta-shape": (_narrow_delta, "grft_delta has shape"),
+    "missing-delta": (_drop(".grft_delta"), "is missing"),
+    "missing-head": (_drop("task_head.bias"), "is missing"),
+    "no-method": (_config(lambda d: d.pop("method")), "unknown adapter method"),
+    "labels-vs-head": (_config(lambda d: d.update(labels=["a", "b"])), "one row per label"),
+    "unknown-module": (_config(lambda d: d["modules"].update({"nope.fc": {}})), "is missing"),
+    "config-list": (_config(lambda d: d.update(config=[1])), "config must be an object"),
+}
+
+
+class TestCorruptFiles:
+    @pytest.mark.parametrize("case", list(CORRUPTIONS))
+    def test_corruption_is_an_adapter_error(self, trained, registry, tmp_path, case):
+        model, doc, _, _ = trained
+        folder = save_adapter(tmp_path / "ad", adapter_tensors(model, "grft"), doc)
+        corrupt, message = CORRUPTIONS[case]
+        corrupt(folder)
+        fresh, _ = registry.load("tiny-vit", num_labels=3)
+        with pytest.raises(AdapterError, match=message) as refused:
+            apply_adapter(fresh, load_adapter(folder))
+        assert refused.value.status_code == 422
+        assert refused.value.code == "invalid_adapter"
+
+    def test_recorded_shape_refuses_out_of_range_at_load(self, trained, tmp_path):
+        model, doc, _, _ = trained
+        name = next(iter(doc["modules"]))
+        doc = {**doc, "modules": {**doc["modules"], name: {"shape": [4, 4]}}}
+        folder = save_adapter(tmp_path / "ad", adapter_tensors(model, "grft"), doc)
+        with pytest.raises(AdapterError):  # the delta is wider than 4 columns, or an index is >= 4
+            load_adapter(folder)
+
+    def test_module_missing_from_the_model_is_refused(self, trained, registry, tmp_path):
+        model, doc, _, _ = trained
+        tensors = adapter_tensors(model, "grft")
+        name = next(iter(doc["modules"]))
+        renamed = {k.replace(name, "backbone.nope"): v for k, v in tensors.items()}
+        modules = {("backbone.nope" if m == name else m): v for m, v in doc["modules"].items()}
+        folder = save_adapter(tmp_path / "ad", renamed, {**doc, "modules": modules})
+        fresh, _ = registry.load("tiny-vit", num_labels=3)
+        with pytest.raises(AdapterError, match="no module backbone.nope"):
+            apply_adapter(fresh, load_adapter(folder))
+
+    def test_config_that_is_not_an_object(self, trained, tmp_path):
+        model, doc, _, _ = trained
+        folder = save_adapter(tmp_path / "ad", adapter_tensors(model, "grft"), doc)
+        (folder / CONFIG_NAME).write_text("[1, 2]")
+        with pytest.raises(AdapterError, match="not a JSON object"):
+            load_adapter(folder)

@@ -9,7 +9,7 @@ import pytest
 import torch
 from peft import PeftModel
 
-from grft_core.adapters.format import adapter_tensors, apply_adapter, load_adapter, save_adapter
+from grft_core.adapters.format import Adapter, adapter_tensors, apply_adapter, load_adapter, save_adapter
 from grft_core.adapters.peft import export_peft_lora
 from grft_core.data.preprocess import make_preprocessor
 from grft_core.errors import AdapterError
@@ -79,4 +79,43 @@ def test_head_only_adapter_is_refused(registry, tmp_path):
     )
     with pytest.raises(AdapterError, match="only GRFT adapters"):
         export_peft_lora(load_adapter(tmp_path / "a"), base, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(("position", "value"), [(0, -1), (-1, 64), (-1, 10_000)], ids=["neg", "out", "far"])
+def test_index_outside_the_weight_is_refused_before_peft(registry, tmp_path, position, value):
+    # Built in memory, past load_adapter's own checks: the export must not trust its input either
+    # (a -1 would otherwise become a one-hot in the last row of lora_B, silently).
+    base, _ = registry.load("tiny-vit", num_labels=2)
+    name = "backbone.blocks.0.mlp.fc2"
+    out_dim, in_dim = base.get_submodule(name).weight.shape
+    assert value == -1 or value >= out_dim
+    indices = torch.tensor([1, 2], dtype=torch.int32)
+    indices[position] = value
+    tensors = {
+        f"{name}.grft_indices": indices,
+        f"{name}.grft_delta": torch.zeros(2, in_dim),
+        "task_head.weight": base.task_head.weight.detach(),
+        "task_head.bias": base.task_head.bias.detach(),
+    }
+    doc = {"method": "grft", "base_model": "tiny-vit", "labels": ["a", "b"], "modules": [name]}
+    with pytest.raises(AdapterError, match="grft_indices") as refused:
+        export_peft_lora(Adapter(config=doc, tensors=tensors), base, tmp_path / "out")
+    assert refused.value.code == "invalid_adapter"
+    assert not (tmp_path / "out").exists()
+
+
+def test_delta_of_the_wrong_width_is_refused(registry, tmp_path):
+    base, _ = registry.load("tiny-vit", num_labels=2)
+    name = "backbone.blocks.0.mlp.fc2"
+    in_dim = base.get_submodule(name).weight.shape[1]
+    tensors = {
+        f"{name}.grft_indices": torch.tensor([1], dtype=torch.int32),
+        f"{name}.grft_delta": torch.zeros(1, in_dim + 1),
+        "task_head.weight": base.task_head.weight.detach(),
+        "task_head.bias": base.task_head.bias.detach(),
+    }
+    doc = {"method": "grft", "base_model": "tiny-vit", "labels": ["a", "b"], "modules": [name]}
+    with pytest.raises(AdapterError, match="grft_delta has shape"):
+        export_peft_lora(Adapter(config=doc, tensors=tensors), base, tmp_path / "out")
     assert not (tmp_path / "out").exists()

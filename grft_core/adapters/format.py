@@ -8,7 +8,10 @@ their ``lora_A``/``lora_B`` tensors and full fine-tuning its whole state; both e
 The GPS-style baseline stores its chosen entries and their changes (``<module>.gps_indices``,
 ``<module>.gps_values``, ``<module>.gps_bias``; see ``grft_core.method.gps``) and loads them merged.
 
-Loading checks the base model's fingerprint, so an adapter is never applied to other weights.
+Loading checks the base model's fingerprint, so an adapter is never applied to other weights, and
+checks the files themselves (``grft_core.adapters.validation``): a truncated safetensors file, a missing
+tensor, a wrong dtype or shape, unsorted, duplicated or out-of-range indices and non-finite values all
+raise ``AdapterError`` before any tensor reaches a model.
 """
 
 from __future__ import annotations
@@ -23,9 +26,12 @@ from pathlib import Path
 from typing import Any, cast
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import Tensor, nn
 
+from grft_core.adapters.validation import GRFT_KINDS as GRFT_KINDS
+from grft_core.adapters.validation import WEIGHTS_NAME as WEIGHTS_NAME
+from grft_core.adapters.validation import check_adapter, check_fits, read_tensors
 from grft_core.errors import AdapterError, FingerprintMismatch
 from grft_core.method.config import GRFTConfig
 from grft_core.method.gps import add_gps_tensors, gps_adapter_tensors
@@ -35,10 +41,8 @@ from grft_core.method.setup import inject_lora
 from grft_core.models.serialization import fingerprint_state_dict
 
 CONFIG_NAME = "adapter_config.json"
-WEIGHTS_NAME = "adapter_model.safetensors"
 FORMAT = "grft-adapter"
 FORMAT_VERSION = 1
-GRFT_KINDS = ("grft", "masked_dense", "linear_probe")
 _DELTA_SUFFIXES = (".grft_delta", ".grft_bias", ".gps_values", ".gps_bias")
 
 
@@ -172,10 +176,11 @@ def save_adapter(
 
 
 def load_adapter(folder: Path) -> Adapter:
-    """Read an adapter folder.
+    """Read an adapter folder and check that its config and tensors agree.
 
     Raises:
-        AdapterError: a file is missing or the config is not a GRFT adapter of a known version.
+        AdapterError: a file is missing or unreadable, the config is not a GRFT adapter of a known
+            version, or the tensors are malformed (see ``grft_core.adapters.validation``).
     """
     folder = Path(folder)
     for name in (CONFIG_NAME, WEIGHTS_NAME):
@@ -183,15 +188,19 @@ def load_adapter(folder: Path) -> Adapter:
             raise AdapterError(f"{folder} has no {name}", param=name)
     try:
         doc = json.loads((folder / CONFIG_NAME).read_text())
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise AdapterError(f"{CONFIG_NAME} is not valid JSON: {exc}", param=CONFIG_NAME) from exc
+    if not isinstance(doc, dict):
+        raise AdapterError(f"{CONFIG_NAME} is not a JSON object", param=CONFIG_NAME)
     if doc.get("format") != FORMAT or doc.get("format_version") != FORMAT_VERSION:
         raise AdapterError(
             f"{CONFIG_NAME} is not a {FORMAT} v{FORMAT_VERSION} config (got {doc.get('format')!r} "
             f"v{doc.get('format_version')!r})",
             param=CONFIG_NAME,
         )
-    return Adapter(config=doc, tensors=load_file(str(folder / WEIGHTS_NAME)))
+    tensors = read_tensors(folder / WEIGHTS_NAME)
+    check_adapter(doc, tensors)
+    return Adapter(config=doc, tensors=tensors)
 
 
 def apply_adapter(model: nn.Module, adapter: Adapter, *, check_fingerprint: bool = True) -> nn.Module:
@@ -205,7 +214,7 @@ def apply_adapter(model: nn.Module, adapter: Adapter, *, check_fingerprint: bool
         ``model`` (for chaining).
     Raises:
         FingerprintMismatch: the base weights differ.
-        AdapterError: tensors that do not fit the model.
+        AdapterError: tensors that do not fit the model (``model`` may then be partly changed).
     """
     expected = adapter.config.get("base_fingerprint")
     if check_fingerprint and expected and backbone_fingerprint(model) != expected:
@@ -214,6 +223,7 @@ def apply_adapter(model: nn.Module, adapter: Adapter, *, check_fingerprint: bool
             "but the model offered has different weights",
             param="base_fingerprint",
         )
+    check_fits(adapter.config, adapter.tensors, model)
     method = adapter.method
     t = adapter.tensors
     try:
@@ -242,7 +252,7 @@ def apply_adapter(model: nn.Module, adapter: Adapter, *, check_fingerprint: bool
             with torch.no_grad():
                 for n, p in head.named_parameters():
                     p.copy_(t[f"{HEAD}.{n}"])
-    except (KeyError, RuntimeError) as exc:
+    except (KeyError, RuntimeError, ValueError, TypeError, AttributeError) as exc:
         raise AdapterError(f"adapter tensors do not fit the model: {exc}", param=WEIGHTS_NAME) from exc
     freeze(model)
     model.eval()
