@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -35,17 +36,11 @@ __all__ = [
     "TextPreprocessor",
     "make_preprocessor",
     "preprocessor_from_dict",
+    "text_prefix",
 ]
 
 #: Text default cap: long enough for sentences and news leads, short enough for CPU attention cost.
 DEFAULT_MAX_LENGTH = 256
-#: A text longer than this many characters per token of ``max_length`` is cut before tokenization
-#: (English runs at about 4-5 characters a token): a 4 MB text once cost 10 s and 1.1 GB to tokenize,
-#: for the 256 tokens the model reads.
-CHARS_PER_TOKEN = 16
-# Tokens a cut prefix must give beyond max_length, so the word cut at its end lies past the truncation.
-_CUT_MARGIN = 16
-_SPACES = (" ", "\n", "\t", "\r", "\u3000")
 # Augmented view: crops keep at least 60% of the area so that a digit or a word stays recognisable;
 # jitter of +-20% changes the look without changing the class. No flips: they change digits and text.
 CROP_SCALE = (0.6, 1.0)
@@ -201,6 +196,36 @@ class ImagePreprocessor:
         }
 
 
+#: First window, in characters per token kept (English averages 4-6 characters a token).
+CHARS_PER_TOKEN = 8
+#: Largest window, in characters per token kept: bounds a text's tokenisation cost whatever it holds.
+MAX_CHARS_PER_TOKEN = 256
+_LAST_SPACE = re.compile(r"\s\S*\Z")
+
+
+def text_prefix(tokenizer: Any, text: str, max_length: int) -> str:
+    """The shortest tried prefix of ``text`` whose tokens cover the ``max_length`` the model keeps.
+
+    Args:
+        tokenizer: a transformers tokenizer.
+        text: the raw text.
+        max_length: the truncation length in tokens (special tokens included).
+    Returns:
+        ``text`` itself when it is short, else a prefix cut just before a whitespace character.
+    """
+    keep = max(1, max_length - int(tokenizer.num_special_tokens_to_add()))
+    window = max_length * CHARS_PER_TOKEN
+    largest = max_length * MAX_CHARS_PER_TOKEN
+    while window < len(text):
+        space = _LAST_SPACE.search(text, window // 2, window + 1)
+        prefix = text[: space.start()] if space is not None else text[:window]
+        # One token more than kept: the last word of the prefix ends at the cut either way.
+        if (space is not None and len(tokenizer.tokenize(prefix)) > keep) or window >= largest:
+            return prefix
+        window *= 2
+    return text
+
+
 class TextPreprocessor:
     """Tokenise strings: pad to the longest in the batch, truncate at ``max_length``.
 
@@ -242,23 +267,8 @@ class TextPreprocessor:
         return {key: encoded[key] for key in TEXT_INPUT_KEYS if key in encoded}
 
     def usable_text(self, text: str) -> str:
-        """The part of ``text`` that the truncated tokens come from: the text itself when short.
-
-        A text over ``max_length * CHARS_PER_TOKEN`` characters is cut at the last whitespace before
-        that point, and the cut is kept once its tokens run past ``max_length`` (by a margin); else
-        the window grows fourfold. The truncated tokens are then those of the whole text, unless a
-        single word straddles the cut and its tokens reach back to ``max_length``.
-        """
-        window = self.max_length * CHARS_PER_TOKEN
-        needed = self.max_length + _CUT_MARGIN
-        while len(text) > window:
-            cut = max(text.rfind(space, 0, window) for space in _SPACES)
-            prefix = text[: cut if cut > 0 else window]
-            tokens = self.tokenizer(prefix, add_special_tokens=False, truncation=True, max_length=needed)
-            if len(tokens["input_ids"]) >= needed:
-                return prefix
-            window *= 4
-        return text
+        """The part of ``text`` its truncated tokens come from (see :func:`text_prefix`)."""
+        return text_prefix(self.tokenizer, text, self.max_length)
 
     def augment(self, items: Sequence[Any], generator: torch.Generator) -> dict[str, Tensor]:
         """Same as ``__call__``: for text the second view comes from dropout in the encoder."""
