@@ -11,15 +11,26 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from domain.errors import BadRequest, Conflict, NotFound, PayloadTooLarge, QuotaExceeded, Unauthorized
+from domain.errors import (
+    BadRequest,
+    Conflict,
+    JobNotFinished,
+    NotFound,
+    PayloadTooLarge,
+    QuotaExceeded,
+    RateLimited,
+    Unauthorized,
+)
 from grft_core.errors import GrftError
 
 __all__ = [
     "BadRequest",
     "Conflict",
+    "JobNotFinished",
     "NotFound",
     "PayloadTooLarge",
     "QuotaExceeded",
+    "RateLimited",
     "Unauthorized",
     "error_body",
     "error_responses",

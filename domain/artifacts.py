@@ -2,6 +2,10 @@
 
 Writes are whole or absent: data goes to a temporary key that is renamed (or, on object stores,
 copied) to its final key only after the last byte, and removed on any failure.
+
+Layout: ``files/<tenant>/<id>`` (uploads), ``adapters/<id>/`` (trained adapters),
+``jobs/<job>/checkpoints/`` (a job's checkpoints, see ``job_key``), ``tmp/<random>`` (writes in progress,
+or left by a process that died mid-write: ``domain.gc`` removes old ones).
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ import hashlib
 import posixpath
 import uuid
 from collections.abc import Iterable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -18,6 +23,18 @@ import fsspec
 from domain.errors import PayloadTooLarge
 
 CHUNK = 1024 * 1024
+TMP = "tmp"
+JOBS = "jobs"
+
+
+def job_key(job_id: str) -> str:
+    """The folder of everything a job stores besides its adapter (its checkpoints)."""
+    return f"{JOBS}/{job_id}"
+
+
+def checkpoints_key(job_id: str) -> str:
+    """Where a job's checkpoints live."""
+    return f"{job_key(job_id)}/checkpoints"
 
 
 class ArtifactStore:
@@ -41,7 +58,7 @@ class ArtifactStore:
         Raises:
             PayloadTooLarge: more than ``max_bytes`` arrived (nothing is left behind).
         """
-        tmp = self.path(f"tmp/{uuid.uuid4().hex}")
+        tmp = self.path(f"{TMP}/{uuid.uuid4().hex}")
         digest, size = hashlib.sha256(), 0
         self.fs.makedirs(posixpath.dirname(tmp), exist_ok=True)
         try:
@@ -66,7 +83,7 @@ class ArtifactStore:
 
     def put_folder(self, key: str, folder: Path) -> str:
         """Upload a local folder to ``key`` (replacing it), staged then moved; returns its URI."""
-        staging = f"tmp/{uuid.uuid4().hex}"
+        staging = f"{TMP}/{uuid.uuid4().hex}"
         try:
             for file in sorted(p for p in folder.rglob("*") if p.is_file()):
                 target = self.path(f"{staging}/{file.relative_to(folder).as_posix()}")
@@ -104,11 +121,70 @@ class ArtifactStore:
         return bool(self.fs.exists(self.path(key)))
 
     def delete(self, key: str) -> None:
-        if self.fs.exists(self.path(key)):
-            self.fs.rm(self.path(key), recursive=True)
+        """Remove ``key`` (a file or a folder) if it is there; safe to race with another deleter."""
+        path = self.path(key)
+        for _ in range(3):
+            try:
+                if not self.fs.exists(path):
+                    return
+                self.fs.rm(path, recursive=True)
+                return
+            except FileNotFoundError:
+                continue  # someone else removed part of it first: look again
+        if self.fs.exists(path):
+            raise OSError(f"could not remove {self.uri(key)}")
+
+    def key_of(self, uri: str) -> str | None:
+        """The key of a URI of this store (``uri(key)``), None for a URI elsewhere."""
+        prefix = self.url + "/"
+        if not uri.startswith(prefix):
+            return None
+        key = uri[len(prefix) :].strip("/")
+        return key if key and ".." not in key.split("/") else None
+
+    def children(self, key: str) -> list[str]:
+        """The names directly under the folder ``key`` (none when it does not exist)."""
+        path = self.path(key).rstrip("/")
+        try:
+            entries = self.fs.ls(path, detail=False)
+        except FileNotFoundError:
+            return []
+        names = (posixpath.basename(str(e).rstrip("/")) for e in entries)
+        return sorted(n for n in names if n and posixpath.join(path, n) != path)
+
+    def modified(self, key: str) -> datetime | None:
+        """The last time anything under ``key`` was written (a file, or the newest file of a folder);
+        None when it is gone or the store does not say."""
+        path = self.path(key)
+        try:
+            found: dict[str, dict[str, Any]] = self.fs.find(path, withdirs=True, detail=True)
+            if not found:
+                found = {path: self.fs.info(path)}
+        except FileNotFoundError:
+            return None
+        times = [t for t in (_mtime(info) for info in found.values()) if t is not None]
+        return max(times) if times else None
 
     def local_path(self, key: str) -> Path | None:
         """The key's local path when the store is a local folder (lets training read it in place)."""
         if "file" in (self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,)):
             return Path(self.path(key))
         return None
+
+
+def _mtime(info: dict[str, Any]) -> datetime | None:
+    """A file's modification time from fsspec's ``info``: ``mtime`` (local, seconds or a datetime),
+    ``LastModified`` (S3), ``last_modified`` or ``updated`` (other object stores)."""
+    for name in ("mtime", "LastModified", "last_modified", "updated"):
+        value = info.get(name)
+        if isinstance(value, int | float):
+            return datetime.fromtimestamp(value, UTC)
+        if isinstance(value, datetime):
+            return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+        if isinstance(value, str):
+            try:
+                parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+            except ValueError:
+                continue
+            return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+    return None

@@ -6,10 +6,16 @@ GrftError (grft_core.errors)          400  grft_error
 ├── AdapterError → FingerprintMismatch 422 / 409
 ├── NotFound                          404  not_found
 ├── Unauthorized                      401  unauthorized
+│   ├── ApiKeyRevoked                 401  api_key_revoked
+│   └── ApiKeyExpired                 401  api_key_expired
 ├── Conflict                          409  conflict
+│   └── JobNotFinished                409  job_not_finished
 ├── PayloadTooLarge                   413  payload_too_large
-├── QuotaExceeded                     429  rate_limited
+├── QuotaExceeded                     429  quota_exceeded   (a standing limit: active jobs, stored jobs)
+│   └── RateLimited                   429  rate_limited     (a limit per unit of time or in flight)
 └── BadRequest                        400  bad_request
+
+Both 429s may carry ``retry_after`` (seconds), rendered as a ``Retry-After`` header.
 
 They carry no HTTP machinery: ``api.errors`` renders them, the worker records them as job errors.
 """
@@ -29,9 +35,27 @@ class Unauthorized(GrftError):
     code = "unauthorized"
 
 
+class ApiKeyRevoked(Unauthorized):
+    """The API key was revoked (``grft keys revoke``)."""
+
+    code = "api_key_revoked"
+
+
+class ApiKeyExpired(Unauthorized):
+    """The API key is past its ``expires_at``."""
+
+    code = "api_key_expired"
+
+
 class Conflict(GrftError):
     status_code = 409
     code = "conflict"
+
+
+class JobNotFinished(Conflict):
+    """The job has not reached a final state (succeeded, failed, cancelled)."""
+
+    code = "job_not_finished"
 
 
 class PayloadTooLarge(GrftError):
@@ -40,12 +64,20 @@ class PayloadTooLarge(GrftError):
 
 
 class QuotaExceeded(GrftError):
+    """A standing limit of the organization is reached (jobs queued or running, jobs stored)."""
+
     status_code = 429
-    code = "rate_limited"
+    code = "quota_exceeded"
 
     def __init__(self, message: str, *, param: str | None = None, retry_after: float | None = None) -> None:
         super().__init__(message, param=param)
         self.retry_after = retry_after
+
+
+class RateLimited(QuotaExceeded):
+    """Too many requests per minute, or in progress at once: retry after ``Retry-After`` seconds."""
+
+    code = "rate_limited"
 
 
 class BadRequest(GrftError):

@@ -1,4 +1,4 @@
-"""``/v1/fine_tuning/jobs``: OpenAI's fine-tuning job API, plus metrics and an event stream."""
+"""``/v1/fine_tuning/jobs``: OpenAI's fine-tuning job API, plus delete, metrics and an event stream."""
 
 from __future__ import annotations
 
@@ -11,20 +11,29 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sse_starlette import EventSourceResponse
 
-from api.deps import SessionDep, SettingsDep, TenantDep
-from api.errors import BadRequest, Conflict, NotFound, QuotaExceeded, Unauthorized, error_responses
+from api.deps import InferenceDep, SessionDep, SettingsDep, StoreDep, TenantDep
+from api.errors import (
+    BadRequest,
+    Conflict,
+    JobNotFinished,
+    NotFound,
+    QuotaExceeded,
+    Unauthorized,
+    error_responses,
+)
 from api.jobs import queue, service
 from api.jobs.schemas import (
     Checkpoint,
     CheckpointList,
     Job,
     JobCreate,
+    JobDeleted,
     JobEvent,
     JobEventList,
     JobList,
-    JobStatus,
     Metrics,
 )
+from domain.jobs.states import JobStatus
 from grft_core.errors import ConfigError, DatasetRejected, ModelNotFound
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
@@ -111,6 +120,19 @@ def cancel_job(job_id: JobId, session: SessionDep, tenant: TenantDep) -> Job:
     job = service.cancel(session, tenant.id, job_id)
     session.commit()
     return Job.of(job)
+
+
+@router.delete("/{job_id}", responses=error_responses(Unauthorized, NotFound, JobNotFinished))
+def delete_job(
+    job_id: JobId, session: SessionDep, tenant: TenantDep, store: StoreDep, inference: InferenceDep
+) -> JobDeleted:
+    """Delete a finished job: its events, checkpoints and adapter (row and files) go with it."""
+    adapter_ids = service.delete(session, tenant.id, store, job_id)
+    session.commit()
+    for adapter_id in adapter_ids:
+        # Free this replica's copy now; every other replica refuses it at the row lookup.
+        inference.evict(adapter_id)
+    return JobDeleted(id=job_id, adapter_id=adapter_ids[0] if adapter_ids else None)
 
 
 @router.get(

@@ -1,4 +1,8 @@
-"""Tenants and their API keys (stored as SHA-256 hashes, never in clear)."""
+"""Tenants and their API keys (stored as SHA-256 hashes, never in clear).
+
+A key is usable until it is revoked (``revoked_at``) or its ``expires_at`` has passed; ``last_used_at``
+is refreshed at most once a minute (``domain.auth.keys.LAST_USED_RESOLUTION``).
+"""
 
 from __future__ import annotations
 
@@ -25,5 +29,8 @@ class ApiKey(Base):
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)
     prefix: Mapped[str] = mapped_column(String(16))
+    name: Mapped[str | None] = mapped_column(String(128), default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime | None] = mapped_column(default=None)
+    last_used_at: Mapped[datetime | None] = mapped_column(default=None)
     revoked_at: Mapped[datetime | None] = mapped_column(default=None)
