@@ -27,7 +27,7 @@ from typing import Any
 import httpx
 
 from domain.jobs.states import TERMINAL, JobStatus
-from grft_core.data.samples import digits_image_folder
+from grft_core.data import digits_image_folder
 
 _PR_SET_PDEATHSIG = 1
 

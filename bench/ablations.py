@@ -40,7 +40,7 @@ from bench.realdata import (
     run_config,
     set_threads,
 )
-from grft_core.models.registry import ModelRegistry
+from grft_core import ModelRegistry
 
 KS = (1, 2, 4, 8, 16)
 LAMBDAS = (0.0, 1e-8, 1e-6, 1e-4, 1e-3, 1e-2)

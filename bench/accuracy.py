@@ -42,10 +42,8 @@ from bench.realdata import (
     run_config,
     set_threads,
 )
-from grft_core.method.config import GRFTConfig
-from grft_core.method.model import HEAD
-from grft_core.method.setup import inject_lora
-from grft_core.models.registry import ModelRegistry
+from grft_core import GRFTConfig, ModelRegistry
+from grft_core.method import HEAD, inject_lora
 
 K = 8
 METHODS = (

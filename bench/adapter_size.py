@@ -60,11 +60,9 @@ from bench.common import (
     write_report,
 )
 from bench.step_time import random_entries, random_indices
-from grft_core.adapters.format import CONFIG_NAME, WEIGHTS_NAME, adapter_tensors, save_adapter
-from grft_core.method.config import GRFTConfig
-from grft_core.method.gps import entry_masks, gps_adapter_tensors
-from grft_core.method.model import HEAD, apply_grft, remove_grft
-from grft_core.method.setup import inject_lora
+from grft_core import GRFTConfig
+from grft_core.adapters import CONFIG_NAME, WEIGHTS_NAME, adapter_tensors, save_adapter
+from grft_core.method import HEAD, apply_grft, entry_masks, gps_adapter_tensors, inject_lora, remove_grft
 
 GRFT_KS = (1, 2, 8)
 GPS_KS = (1, 8)

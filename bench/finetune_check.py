@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any, cast
 
 from bench.common import add_common_args, command_line, machine_info, setup_torch, write_report
-from grft_core.data.samples import digits_image_folder
-from grft_core.method.config import GRFTConfig
+from grft_core import GRFTConfig
+from grft_core.data import digits_image_folder
 from grft_core.pipeline import train_to_folder
 
 METHODS = ("grft", "gps")

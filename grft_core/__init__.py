@@ -47,26 +47,82 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-if TYPE_CHECKING:
-    from grft_core.adapters.format import Adapter, load_adapter, save_adapter
-    from grft_core.adapters.peft import export_peft_lora
-    from grft_core.data.loading import LabeledData, load_dataset, load_train_val
-    from grft_core.data.preprocess import make_preprocessor
-    from grft_core.errors import (
-        AdapterError,
-        ConfigError,
-        DatasetRejected,
-        GrftError,
-        ModelNotFound,
-        TrainingInterrupted,
+if TYPE_CHECKING:  # ``X as X``: names re-exported for type checkers
+    from grft_core.adapters.format import (
+        Adapter as Adapter,
     )
-    from grft_core.method.config import GRFTConfig
-    from grft_core.method.options import GrftOptions
-    from grft_core.method.selection import Selection
-    from grft_core.method.trainer import TrainResult, fit
-    from grft_core.models.registry import ModelRegistry, ModelSpec
-    from grft_core.pipeline import evaluate_adapter, export_peft, train_to_folder
-    from grft_core.serving import ServingEngine
+    from grft_core.adapters.format import (
+        load_adapter as load_adapter,
+    )
+    from grft_core.adapters.format import (
+        save_adapter as save_adapter,
+    )
+    from grft_core.adapters.peft import (
+        export_peft_lora as export_peft_lora,
+    )
+    from grft_core.data.loading import (
+        LabeledData as LabeledData,
+    )
+    from grft_core.data.loading import (
+        load_dataset as load_dataset,
+    )
+    from grft_core.data.loading import (
+        load_train_val as load_train_val,
+    )
+    from grft_core.data.preprocess import (
+        make_preprocessor as make_preprocessor,
+    )
+    from grft_core.errors import (
+        AdapterError as AdapterError,
+    )
+    from grft_core.errors import (
+        ConfigError as ConfigError,
+    )
+    from grft_core.errors import (
+        DatasetRejected as DatasetRejected,
+    )
+    from grft_core.errors import (
+        GrftError as GrftError,
+    )
+    from grft_core.errors import (
+        ModelNotFound as ModelNotFound,
+    )
+    from grft_core.errors import (
+        TrainingInterrupted as TrainingInterrupted,
+    )
+    from grft_core.method.config import (
+        GRFTConfig as GRFTConfig,
+    )
+    from grft_core.method.options import (
+        GrftOptions as GrftOptions,
+    )
+    from grft_core.method.selection import (
+        Selection as Selection,
+    )
+    from grft_core.method.trainer import (
+        TrainResult as TrainResult,
+    )
+    from grft_core.method.trainer import (
+        fit as fit,
+    )
+    from grft_core.models.registry import (
+        ModelRegistry as ModelRegistry,
+    )
+    from grft_core.models.registry import (
+        ModelSpec as ModelSpec,
+    )
+    from grft_core.pipeline import (
+        evaluate_adapter as evaluate_adapter,
+    )
+    from grft_core.pipeline import (
+        export_peft as export_peft,
+    )
+    from grft_core.pipeline import (
+        train_to_folder as train_to_folder,
+    )
+    from grft_core.serving import (
+        ServingEngine as ServingEngine,
+    )
 
 
 def __getattr__(name: str) -> Any:

@@ -10,8 +10,8 @@ from fastapi.responses import StreamingResponse
 from api.adapters import schemas, service
 from api.deps import InferenceDep, SessionDep, SettingsDep, StoreDep, TenantDep
 from api.errors import NotFound, Unauthorized, error_responses
+from grft_core import ModelRegistry
 from grft_core.errors import AdapterError, FingerprintMismatch, ModelNotFound
-from grft_core.models.registry import ModelRegistry
 
 router = APIRouter(prefix="/v1/adapters", tags=["adapters"])
 

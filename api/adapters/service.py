@@ -27,7 +27,7 @@ from domain.adapters import repository
 from domain.adapters.models import Adapter
 from domain.artifacts import CHUNK, ArtifactStore
 from domain.auth.models import Tenant
-from grft_core.models.registry import ModelRegistry
+from grft_core import ModelRegistry
 from grft_core.pipeline import export_peft
 
 # Tar pads every member to 512-byte blocks, ends with two zero blocks and rounds the archive up to a

@@ -39,8 +39,8 @@ from api.errors import NotFound
 from domain.adapters.models import Adapter
 from domain.artifacts import ArtifactStore
 from domain.settings import Settings
+from grft_core import ModelRegistry
 from grft_core.errors import AdapterError
-from grft_core.models.registry import ModelRegistry
 from grft_core.serving import (
     AdapterCache,
     BatchRecord,

@@ -23,8 +23,8 @@ from api.errors import Unauthorized, error_responses
 from domain.db import get_engine
 from domain.queue import broker_folders
 from domain.settings import Settings
+from grft_core import ModelRegistry, ModelSpec
 from grft_core.errors import ModelNotFound
-from grft_core.models.registry import ModelRegistry, ModelSpec
 
 router = APIRouter(tags=["system"])
 
