@@ -25,6 +25,8 @@ from grft_core.adapters.format import (
     save_adapter,
 )
 from grft_core.adapters.peft import export_peft_lora
+from grft_core.cancel import ShouldStop, check_stop, stop_checks
+from grft_core.data.formats import DataLimits
 from grft_core.data.loading import LabeledData, load_dataset, load_train_val
 from grft_core.data.preprocess import make_preprocessor
 from grft_core.errors import AdapterError, DatasetRejected, FingerprintMismatch
@@ -49,6 +51,8 @@ def train_to_folder(
     checkpoint_dir: Path | None = None,
     fp16: bool = False,
     max_items: int | None = None,
+    limits: DataLimits | None = None,
+    should_stop: ShouldStop | None = None,
 ) -> dict[str, Any]:
     """Load model and data, train, and write the adapter plus ``metrics.json`` into ``out``.
 
@@ -65,38 +69,51 @@ def train_to_folder(
         checkpoint_dir: checkpoints for resuming (default: none kept).
         fp16: store deltas in float16.
         max_items: cap the number of items read from each dataset.
+        limits: resource bounds on reading the data (default ``DataLimits()``).
+        should_stop: a cheap check asked throughout loading, encoding, selection and training (see
+            ``grft_core.cancel``); once it returns True the run stops.
     Returns:
         the metrics document also written to ``metrics.json``.
     Raises:
         GrftError subclasses: unknown model, rejected dataset, bad config.
+        TrainingInterrupted: ``should_stop`` returned True, or a callback stopped the run.
     """
     started = time.perf_counter()
     registry = registry or ModelRegistry()
     spec = registry.get(model_name)
-    train, val = load_train_val(
-        train_uri, val_uri, val_fraction=config.val_fraction, seed=config.seed, max_items=max_items
-    )
-    _check_modality(spec, train)
-    model, spec = registry.load(model_name, num_labels=len(train.classes), seed=config.seed)
-    preprocessor = make_preprocessor(spec, image_size=config.image_size, max_length=config.max_length)
-    base_state = (
-        {k: v.clone() for k, v in model.state_dict().items()}
-        if config.method in ("masked_dense", "gps")
-        else None
-    )
-    # registry.load has just checked the stored weights against this fingerprint; hashing again is waste.
-    fingerprint = spec.fingerprint
-    result = fit(
-        model,
-        train.items,
-        train.labels,
-        val.items,
-        val.labels,
-        preprocessor,
-        config,
-        callbacks=callbacks,
-        checkpoint_dir=checkpoint_dir,
-    )
+    # Every phase asks should_stop: each file, record, archive member and download chunk while loading,
+    # each encoding chunk, each batch of the selection pass, the evaluations and the training.
+    with stop_checks(should_stop):
+        train, val = load_train_val(
+            train_uri,
+            val_uri,
+            val_fraction=config.val_fraction,
+            seed=config.seed,
+            max_items=max_items,
+            limits=limits,
+        )
+        _check_modality(spec, train)
+        check_stop()
+        model, spec = registry.load(model_name, num_labels=len(train.classes), seed=config.seed)
+        preprocessor = make_preprocessor(spec, image_size=config.image_size, max_length=config.max_length)
+        base_state = (
+            {k: v.clone() for k, v in model.state_dict().items()}
+            if config.method in ("masked_dense", "gps")
+            else None
+        )
+        # registry.load has just checked the stored weights against this fingerprint; hashing again is waste.
+        fingerprint = spec.fingerprint
+        result = fit(
+            model,
+            train.items,
+            train.labels,
+            val.items,
+            val.labels,
+            preprocessor,
+            config,
+            callbacks=callbacks,
+            checkpoint_dir=checkpoint_dir,
+        )
     tensors = adapter_tensors(
         model,
         config.method,

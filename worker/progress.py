@@ -1,12 +1,13 @@
 """The trainer callbacks of a job: progress and events in the database, cancel checks, checkpoint uploads.
 
-Every write is fenced by the job's lease (``domain.jobs.lifecycle.beat``), so a worker that lost the job stops
-at its next write with ``LeaseLost``; a cancel request stops it with ``TrainingInterrupted``, which
-the trainer lets through after its last checkpoint.
+Every write is fenced by the job's lease (``domain.jobs.lifecycle.heartbeat``), so a worker that lost
+the job stops at its next write with ``LeaseLost``; a cancel request stops it with ``TrainingInterrupted``,
+which the trainer lets through after its last checkpoint.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import posixpath
 import time
@@ -15,14 +16,21 @@ from typing import Any
 
 from domain.artifacts import ArtifactStore
 from domain.db import session_scope
+from domain.jobs import events
 from domain.jobs import lifecycle as state
 from domain.jobs.lifecycle import Lease, LeaseLost
+from domain.jobs.states import JobStatus
 from domain.settings import Settings
 from grft_core.errors import TrainingInterrupted
 from grft_core.method.checkpoint import PREFIX, list_checkpoints
 from grft_core.method.selection import Selection
 from grft_core.method.trainer import EpochMetrics, StepInfo
+from worker.transient import retrying
 
+log = logging.getLogger(__name__)
+
+# The library's stop check looks at the database at most this often (it is asked once per record).
+CANCEL_POLL_S = 1.0
 # Progress rows are rewritten at most this often (each write is a heartbeat and a cancel check).
 PROGRESS_INTERVAL_S = 1.0
 # Per-step metrics events per run, at most: a loss curve of this many points is smooth enough.
@@ -40,11 +48,55 @@ def _step_of(folder: Path | str) -> int:
     return int(posixpath.basename(str(folder)).removeprefix(PREFIX))
 
 
+class CancelCheck:
+    """The ``should_stop`` a worker hands to ``grft_core`` for one lease: True once a cancel was asked
+    or the lease was lost.
+
+    It is asked per record, chunk and batch, so it reads the heartbeat thread's flags first and goes to
+    the database at most once per ``CANCEL_POLL_S``, through the same fenced heartbeat write the
+    progress reports use (which also keeps the lease fresh). A validating job that is cancelled
+    ends at once (``cancelled``), and then the heartbeat finds its lease gone: that stops the work too.
+    A database that does not answer is not a reason to stop: the heartbeat thread and the lease deal
+    with it.
+    """
+
+    def __init__(self, settings: Settings, lease: Lease, heartbeat: Any) -> None:
+        self.url, self.lease, self.heartbeat = settings.database_url, lease, heartbeat
+        self.next_poll = -math.inf
+        self.calls = 0
+        self.polls = 0
+
+    def __call__(self) -> bool:
+        self.calls += 1
+        if self.heartbeat.cancel.is_set() or self.heartbeat.lost.is_set():
+            return True
+        now = time.monotonic()
+        if now < self.next_poll:
+            return False
+        self.next_poll = now + CANCEL_POLL_S
+        self.polls += 1
+        try:
+            with session_scope(self.url) as session:
+                status = state.heartbeat(session, self.lease)
+        except LeaseLost:
+            self.heartbeat.lost.set()
+            return True
+        except Exception:  # noqa: BLE001 - a database blip: the next poll tries again
+            log.warning("cancel check of %s failed", self.lease.job_id, exc_info=True)
+            return False
+        if status == JobStatus.CANCELLING:
+            self.heartbeat.cancel.set()
+            return True
+        return False
+
+
 class JobReporter:
     """Receives ``grft_core.method.trainer.fit`` callbacks for one job attempt."""
 
     def __init__(self, settings: Settings, lease: Lease, store: ArtifactStore, heartbeat: Any) -> None:
         self.url = settings.database_url
+        # A write waits this long for a database that went away (worker.transient) before it fails.
+        self.patience = settings.lease_seconds
         self.lease, self.store, self.heartbeat = lease, store, heartbeat
         self.last_write = -math.inf
         self.first: tuple[float, int] | None = None
@@ -58,17 +110,21 @@ class JobReporter:
         if self.heartbeat.lost.is_set():
             raise LeaseLost(self.lease.job_id)
         if self.heartbeat.cancel.is_set():
-            raise TrainingInterrupted("cancelled")
+            raise TrainingInterrupted("a cancel was requested")
 
     def _write(self, event: dict[str, Any] | None = None, **progress: Any) -> None:
-        with session_scope(self.url) as session:
-            status = state.beat(session, self.lease, **progress)
-            if event is not None:
-                state.add_event(session, self.lease.job_id, **event)
+        def write() -> JobStatus:
+            with session_scope(self.url) as session:
+                status = state.heartbeat(session, self.lease, **progress)
+                if event is not None:
+                    events.add_event(session, self.lease.job_id, **event)
+            return status
+
+        status = retrying(write, budget_s=self.patience, what=f"progress of {self.lease.job_id}")
         self.last_write = time.monotonic()
-        if status == "cancelling":
+        if status == JobStatus.CANCELLING:
             self.heartbeat.cancel.set()
-            raise TrainingInterrupted("cancelled")
+            raise TrainingInterrupted("a cancel was requested")
 
     def _remaining(self, info: StepInfo, now: float) -> float:
         if self.first is None or info.step <= self.first[1]:
@@ -168,13 +224,17 @@ class JobReporter:
                 val_loss=self.last_epoch.val_loss,
                 val_accuracy=self.last_epoch.val_accuracy,
             )
-        with session_scope(self.url) as session:
-            status = state.record_checkpoint(
-                session, self.lease, step, uri, metrics, [_step_of(name) for name in keep]
-            )
-        if status == "cancelling":
+
+        def record() -> JobStatus:
+            with session_scope(self.url) as session:
+                return state.checkpoint(
+                    session, self.lease, step, uri, metrics, [_step_of(name) for name in keep]
+                )
+
+        status = retrying(record, budget_s=self.patience, what=f"checkpoint of {self.lease.job_id}")
+        if status == JobStatus.CANCELLING:
             self.heartbeat.cancel.set()
-            raise TrainingInterrupted("cancelled")
+            raise TrainingInterrupted("a cancel was requested")
 
     def _stored_steps(self, root: str) -> list[str]:
         if not self.store.exists(root):

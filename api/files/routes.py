@@ -20,7 +20,7 @@ from fastapi.responses import StreamingResponse
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from api.deps import SessionDep, SettingsDep, TenantDep
+from api.deps import SessionDep, SettingsDep, StoreDep, TenantDep
 from api.errors import BadRequest, Conflict, NotFound, PayloadTooLarge, Unauthorized, error_responses
 from api.files import service
 from api.files.schemas import PURPOSES, FileDeleted, FileList, FileObject
@@ -78,6 +78,7 @@ class MultipartUpload:
                 "on_headers_finished": self._headers_finished,
                 "on_part_data": self._part_data,
                 "on_part_end": self._part_end,
+                "on_end": self._end,
             },
         )
         self.filename = ""
@@ -89,6 +90,7 @@ class MultipartUpload:
         self._name: str | None = None
         self._in_file = False
         self._field = bytearray()
+        self._complete = False  # the closing boundary was read
 
     # -- parser callbacks ----------------------------------------------------------------------------
 
@@ -133,6 +135,9 @@ class MultipartUpload:
         if self._name == "purpose":
             self._check_purpose()
 
+    def _end(self) -> None:
+        self._complete = True
+
     def _check_purpose(self) -> None:
         self.purpose = self._fields.get("purpose", "")
         if self.purpose not in PURPOSES:
@@ -165,6 +170,9 @@ class MultipartUpload:
         yield from self._pending
         self._pending.clear()
         # Raised before the generator ends, so the store discards what it received.
+        if not self._complete:
+            # A body cut short (a dropped connection, a client that gave up) is not a whole file.
+            raise BadRequest("the multipart body ended before its closing boundary", param="file")
         if not self._has_file:
             raise BadRequest("the form has no 'file' part", param="file")
         self._check_purpose()
@@ -183,13 +191,12 @@ def _safe_filename(name: str) -> str:
     openapi_extra=_UPLOAD_BODY,
 )
 def create_file(
-    request: Request, session: SessionDep, tenant: TenantDep, settings: SettingsDep
+    request: Request, session: SessionDep, tenant: TenantDep, settings: SettingsDep, store: StoreDep
 ) -> FileObject:
     # Sync on purpose: the body is pulled from the event loop while the store writes in this thread.
     length = request.headers.get("content-length", "")
     if length.isdigit() and int(length) > settings.max_upload_bytes + MULTIPART_SLACK:
         raise PayloadTooLarge(f"upload exceeds the {settings.max_upload_bytes:,}-byte limit", param="file")
-    store = service.store_for(settings.artifact_url)
     row = service.create(session, tenant.id, store, MultipartUpload(request), settings.max_upload_bytes)
     try:
         session.commit()
@@ -217,14 +224,12 @@ def retrieve_file(file_id: FileId, session: SessionDep, tenant: TenantDep) -> Fi
 
 
 @router.delete("/{file_id}", responses=error_responses(Unauthorized, NotFound, Conflict))
-def delete_file(
-    file_id: FileId, session: SessionDep, tenant: TenantDep, settings: SettingsDep
-) -> FileDeleted:
+def delete_file(file_id: FileId, session: SessionDep, tenant: TenantDep, store: StoreDep) -> FileDeleted:
     key = service.delete(session, tenant.id, file_id)
     session.commit()
     # After the commit: a failed commit must not leave a row whose bytes are gone.
     try:
-        service.store_for(settings.artifact_url).delete(key)
+        store.delete(key)
     except OSError:
         log.exception("file %s deleted, but its bytes at %s could not be removed", file_id, key)
     return FileDeleted(id=file_id)
@@ -236,10 +241,9 @@ def delete_file(
     responses=error_responses(Unauthorized, NotFound),
 )
 def file_content(
-    file_id: FileId, session: SessionDep, tenant: TenantDep, settings: SettingsDep
+    file_id: FileId, session: SessionDep, tenant: TenantDep, store: StoreDep
 ) -> StreamingResponse:
     row = service.get(session, tenant.id, file_id)
-    store = service.store_for(settings.artifact_url)
     key = service.file_key(row.tenant_id, row.id)
     if not store.exists(key):
         raise NotFound(f"the content of file {file_id!r} is missing", param="file_id")

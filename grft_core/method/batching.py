@@ -8,6 +8,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from grft_core.cancel import check_stop
+
 BatchDict = dict[str, Tensor]
 
 
@@ -34,7 +36,7 @@ class BatchSource:
         self.device = device
         self._cache: BatchDict | None = None
         if getattr(preprocessor, "modality", "text") == "image":
-            chunks = [preprocessor(self.items[i : i + 256]) for i in range(0, len(self.items), 256)]
+            chunks = [_encode(preprocessor, self.items[i : i + 256]) for i in range(0, len(self.items), 256)]
             self._cache = {k: torch.cat([c[k] for c in chunks]) for k in chunks[0]} if chunks else {}
 
     def __len__(self) -> int:
@@ -51,6 +53,7 @@ class BatchSource:
 
     def batch(self, indices: Tensor) -> tuple[BatchDict, Tensor]:
         """The encoded inputs and labels of ``indices``, on the device."""
+        check_stop()  # every evaluation and training batch: see grft_core.cancel
         if self._cache is not None:
             inputs = {k: v[indices] for k, v in self._cache.items()}
         else:
@@ -69,6 +72,12 @@ class BatchSource:
         """Batches in dataset order (evaluation)."""
         for start in range(0, len(self.items), batch_size):
             yield self.batch(torch.arange(start, min(start + batch_size, len(self.items))))
+
+
+def _encode(preprocessor: Any, items: list[Any]) -> BatchDict:
+    check_stop()
+    result: BatchDict = preprocessor(items)
+    return result
 
 
 def _to(batch: BatchDict, device: torch.device) -> BatchDict:

@@ -16,6 +16,7 @@ from typing import Any, cast
 import torch
 from torch import Tensor, nn
 
+from grft_core.cancel import ShouldStop, check_stop, stop_checks
 from grft_core.method.batching import BatchSource
 from grft_core.method.config import GRFTConfig
 from grft_core.method.gps import apply_gps, score_entries, select_per_row
@@ -54,7 +55,12 @@ class Prepared:
 
 
 def compute_selection(
-    model: nn.Module, source: BatchSource, config: GRFTConfig, *, generator_seed: int | None = None
+    model: nn.Module,
+    source: BatchSource,
+    config: GRFTConfig,
+    *,
+    generator_seed: int | None = None,
+    should_stop: ShouldStop | None = None,
 ) -> Selection:
     """Run the selection pass over ``config.selection_samples`` items of ``source``.
 
@@ -66,10 +72,13 @@ def compute_selection(
         source: the training data.
         config: k, axis, selection loss, samples, batch size, score mode.
         generator_seed: seed of the sample draw and the augmentations (defaults to ``config.seed``).
+        should_stop: asked before every batch of the pass (besides any check already installed, see
+            ``grft_core.cancel``).
     Returns:
         the selection (indices sorted, scores kept for inspection).
     Raises:
         ConfigError: k exceeds every matrix, or the k map names no module.
+        TrainingInterrupted: ``should_stop`` returned True.
     """
     seed = config.seed if generator_seed is None else generator_seed
     modules = eligible_modules(
@@ -84,9 +93,10 @@ def compute_selection(
     model.train()
     freeze_norm_stats(model)
     try:
-        scores = score_modules(
-            model, modules, batches, loss_fn, axis=config.axis, score_mode=config.score_mode
-        )
+        with stop_checks(should_stop):
+            scores = score_modules(
+                model, modules, batches, loss_fn, axis=config.axis, score_mode=config.score_mode
+            )
     finally:
         model.train(was_training)
     meta: dict[str, Any] = {
@@ -123,7 +133,12 @@ def random_selection(shapes: dict[str, tuple[int, int]], config: GRFTConfig, see
 
 
 def compute_gps_selection(
-    model: nn.Module, source: BatchSource, config: GRFTConfig, *, generator_seed: int | None = None
+    model: nn.Module,
+    source: BatchSource,
+    config: GRFTConfig,
+    *,
+    generator_seed: int | None = None,
+    should_stop: ShouldStop | None = None,
 ) -> Selection:
     """The GPS-style selection pass: the top ``config.gps_per_row`` entries of every row by gradient.
 
@@ -135,10 +150,12 @@ def compute_gps_selection(
         source: the training data.
         config: ``gps_per_row``, selection loss, samples, batch size, score mode.
         generator_seed: seed of the sample draw and the augmentations (defaults to ``config.seed``).
+        should_stop: asked before every batch of the pass, like ``compute_selection``'s.
     Returns:
         a GPS selection (``grft_core.method.gps``): ``(out, K)`` column indices per eligible module.
     Raises:
         ConfigError: the pass got no batches.
+        TrainingInterrupted: ``should_stop`` returned True.
     """
     seed = config.seed if generator_seed is None else generator_seed
     modules = eligible_modules(
@@ -149,7 +166,8 @@ def compute_gps_selection(
     model.train()
     freeze_norm_stats(model)
     try:
-        scores = score_entries(model, modules, batches, loss_fn, score_mode=config.score_mode)
+        with stop_checks(should_stop):
+            scores = score_entries(model, modules, batches, loss_fn, score_mode=config.score_mode)
     finally:
         model.train(was_training)
     meta: dict[str, Any] = {
@@ -175,6 +193,8 @@ def _pass_inputs(
     batches = [chosen[i : i + bs] for i in range(0, n, bs)]
 
     def loss_fn(idx: Tensor) -> Tensor:
+        # Once per batch: the pass over a large dataset is where a cancel used to go unheard.
+        check_stop()
         if config.selection_loss == "ce":
             inputs, labels = source.batch(idx)
             return nn.functional.cross_entropy(model(inputs), labels)

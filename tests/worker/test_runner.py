@@ -132,7 +132,8 @@ class TestValidateAndRun:
         [
             ("no label column", "label", "`label`"),
             ("file of another tenant", "training_file", "does not exist"),
-            ("path outside the dataset roots", "training_file", "allowed dataset root"),
+            ("path outside the dataset roots", "training_file", "under an allowed root"),
+            ("bare path", "training_file", "a URI with scheme file://"),
             ("image model on text", "training_file", "takes image inputs"),
         ],
     )
@@ -150,7 +151,8 @@ class TestValidateAndRun:
         ref = {
             "no label column": lambda: write_csv(roots / "bad.csv", header=("text", "category")).as_uri(),
             "file of another tenant": lambda: "file-of-someone-else",
-            "path outside the dataset roots": lambda: str(write_csv(tmp_path / "elsewhere.csv")),
+            "path outside the dataset roots": lambda: write_csv(tmp_path / "elsewhere.csv").as_uri(),
+            "bare path": lambda: str(write_csv(roots / "bare.csv")),
             "image model on text": lambda: write_csv(roots / "news.csv").as_uri(),
         }[case]()
         job_id = make_job(ref, model="tiny-cnn" if case == "image model on text" else "tiny-bert")
@@ -193,7 +195,13 @@ class TestInterruptions:
         assert sent == []
 
     def test_crash_after_checkpoint_resumes_there(
-        self, settings: Settings, make_job: MakeJob, dataset: Any, sent: Sent, inject: Inject
+        self,
+        settings: Settings,
+        make_job: MakeJob,
+        dataset: Any,
+        sent: Sent,
+        inject: Inject,
+        caplog: pytest.LogCaptureFixture,
     ) -> None:
         job_id = make_job(dataset.as_uri(), status="queued")
         inject.extra = [CrashOnce(5)]
@@ -210,10 +218,23 @@ class TestInterruptions:
         assert (job.status, job.attempt) == ("succeeded", 2)
         messages = [e.message for e in job_events(settings, job_id)]
         assert "Resuming from the checkpoint at step 4" in messages
-        assert any(m.startswith("Attempt 1 failed (internal error: RuntimeError") for m in messages)
+        # The tenant reads a reference; the worker's log holds the exception under it.
+        failed = [m for m in messages if m.startswith("Attempt 1 failed (internal error (reference ")]
+        assert len(failed) == 1
+        reference = failed[0].split("reference ")[1][:12]
+        assert "simulated crash" not in failed[0]
+        assert any(
+            reference in r.getMessage() and "simulated crash" in r.getMessage() for r in caplog.records
+        )
 
     def test_crash_on_the_last_attempt_fails_the_job(
-        self, settings: Settings, make_job: MakeJob, dataset: Any, sent: Sent, inject: Inject
+        self,
+        settings: Settings,
+        make_job: MakeJob,
+        dataset: Any,
+        sent: Sent,
+        inject: Inject,
+        caplog: pytest.LogCaptureFixture,
     ) -> None:
         job_id = make_job(dataset.as_uri(), status="queued", max_attempts=1)
         inject.extra = [CrashOnce(1)]
@@ -221,7 +242,12 @@ class TestInterruptions:
         job = get_job(settings, job_id)
         assert job.error is not None
         assert job.error["code"] == "error"
-        assert "simulated crash" in job.error["message"]
+        assert job.error["message"].startswith("internal error (reference ")
+        assert "simulated crash" not in job.error["message"]
+        reference = job.error["message"].split("reference ")[1][:12]
+        assert any(
+            reference in r.getMessage() and "simulated crash" in r.getMessage() for r in caplog.records
+        )
         assert sent == []
 
 
