@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from domain.artifacts import ArtifactStore
+from domain.artifacts import ArtifactStore, checkpoints_key
 from domain.db import session_scope
 from domain.jobs import events
 from domain.jobs import lifecycle as state
@@ -37,11 +37,6 @@ PROGRESS_INTERVAL_S = 1.0
 MAX_STEP_EVENTS = 500
 # Checkpoint files live far longer than a run; there is no reason to cap them below the store's limits.
 _NO_LIMIT = 1 << 50
-
-
-def checkpoint_key(job_id: str) -> str:
-    """Where a job's checkpoints live in the artifact store."""
-    return f"jobs/{job_id}/checkpoints"
 
 
 def _step_of(folder: Path | str) -> int:
@@ -198,7 +193,7 @@ class JobReporter:
 
     def on_checkpoint(self, step: int, path: Path) -> None:
         self._check()
-        root = checkpoint_key(self.lease.job_id)
+        root = checkpoints_key(self.lease.job_id)
         if not self.prerequisites_uploaded:
             # Before any step folder: a complete step in the store implies the selection it needs.
             if (path.parent / "selection").is_dir():
