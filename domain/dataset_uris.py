@@ -118,7 +118,9 @@ def _check_file(uri: str, parts: SplitResult, settings: Settings, field: str) ->
         # A root that holds the artifact folder must not open every tenant's uploads to everyone.
         store = Path(url2pathname(urlsplit(settings.artifact_url).path)).resolve()
         if path.is_relative_to(store):
-            raise DatasetRejected(f"{field}: file:// URIs must not name the service's artifact store", param=field)
+            raise DatasetRejected(
+                f"{field}: file:// URIs must not name the service's artifact store", param=field
+            )
     return ParsedUri(uri=uri, scheme="file", path=path)
 
 

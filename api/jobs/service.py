@@ -1,4 +1,5 @@
-"""Fine-tuning jobs: create (validated, idempotent, within quota), read, cancel, events and metrics.
+"""Fine-tuning jobs: create (validated, idempotent, within quota), read, cancel, delete, events and
+metrics.
 
 Services never commit and never publish: the route commits, then tells the broker, so a worker can
 never receive a job id whose row is not visible yet.
@@ -7,32 +8,28 @@ never receive a job id whose row is not visible yet.
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import json
 import math
 import secrets
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
-from urllib.request import url2pathname
 
 from sqlalchemy.orm import Session
 
-from api.errors import Conflict, NotFound, QuotaExceeded
+from api.errors import Conflict, JobNotFinished, NotFound, QuotaExceeded
 from api.jobs import schemas
+from domain.artifacts import ArtifactStore, job_key
+from domain.dataset_uris import check_dataset_uri
 from domain.db import utcnow
 from domain.files import repository as files_repository
 from domain.ids import new_id
-from domain.jobs import repository
-from domain.jobs.models import TERMINAL, Job, JobCheckpoint, JobEvent
+from domain.jobs import lifecycle, repository
+from domain.jobs.models import Job, JobCheckpoint, JobEvent
+from domain.jobs.states import TERMINAL, UNFINISHED
 from domain.settings import Settings
-from grft_core.errors import ConfigError, DatasetRejected
-from grft_core.method.config import GRFTConfig
+from grft_core.errors import ConfigError
+from grft_core.method import GRFTConfig, public_name
 from grft_core.models.registry import BUILTIN_MODELS, ModelRegistry
-
-URI_SCHEMES = ("file", "s3", "https")
-
 
 # --- create ---------------------------------------------------------------------------------------
 
@@ -44,6 +41,8 @@ def request_hash(body: schemas.JobCreate) -> str:
 
 def build_config(body: schemas.JobCreate, seed: int) -> dict[str, Any]:
     """The request's knobs as a validated ``GRFTConfig`` dict (what ``Job.method`` stores).
+
+    The request models use the config's public field names, which ``GRFTConfig`` accepts as they are.
 
     Raises:
         ConfigError: a value ``GRFTConfig`` refuses; ``param`` is the request path of the field.
@@ -57,15 +56,15 @@ def build_config(body: schemas.JobCreate, seed: int) -> dict[str, Any]:
     multiplier = values.pop("learning_rate_multiplier", None)
     if multiplier is not None and "learning_rate" not in values:
         values["learning_rate"] = schemas.DEFAULT_LR * multiplier
-    config = {schemas.RENAMED.get(name, name): value for name, value in values.items()}
-    config.update(method=schemas.CONFIG_METHOD[method_type], seed=seed)
+    values.update(method=schemas.LIBRARY_METHOD[method_type], seed=seed)
     try:
-        return GRFTConfig.from_dict(config).to_dict()
+        return GRFTConfig.from_dict(values).to_dict()
     except ConfigError as exc:
         if exc.param == "seed":
             param = "seed"
         else:
-            name = schemas.API_NAME.get(exc.param or "", exc.param)
+            info = GRFTConfig.model_fields.get(exc.param or "")
+            name = public_name(exc.param, info) if exc.param and info else exc.param
             param = f"method.{method_type}.hyperparameters.{name}"
         raise ConfigError(exc.message, param=param) from exc
 
@@ -81,7 +80,7 @@ def check_model(settings: Settings, name: str) -> None:
 
 
 def check_dataset(session: Session, tenant_id: str, settings: Settings, value: str, param: str) -> str:
-    """Accept a file id of this tenant, or a URI whose scheme and location are allowed.
+    """Accept a file id of this tenant, or a URI that ``domain.dataset_uris`` allows.
 
     Raises:
         NotFound: an unknown file id (another tenant's included).
@@ -91,34 +90,7 @@ def check_dataset(session: Session, tenant_id: str, settings: Settings, value: s
         if files_repository.get(session, tenant_id, value) is None:
             raise NotFound(f"no file {value!r}", param=param)
         return value
-    try:
-        parts = urlsplit(value)
-        host = parts.hostname
-    except ValueError as exc:
-        raise DatasetRejected(f"{param} is not a valid URI: {exc}", param=param) from exc
-    if parts.scheme not in URI_SCHEMES:
-        raise DatasetRejected(
-            f"{param} must be an uploaded file id (file-...) or a URI with scheme "
-            f"{', '.join(s + '://' for s in URI_SCHEMES)} (got {value!r})",
-            param=param,
-        )
-    if parts.scheme == "file":
-        path = Path(url2pathname(parts.path)).resolve()
-        roots = [root.resolve() for root in settings.dataset_roots]
-        if parts.netloc not in ("", "localhost") or not any(path.is_relative_to(r) for r in roots):
-            raise DatasetRejected(
-                f"{param}: file:// URIs must name a path under an allowed root", param=param
-            )
-        return value
-    if not host or host == "localhost" or host.endswith(".localhost"):
-        raise DatasetRejected(f"{param}: {parts.scheme}:// URIs must name a public host", param=param)
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return value  # a name: the loader checks every address it resolves to when it downloads
-    if not address.is_global:
-        raise DatasetRejected(f"{param}: {host} is not a public address", param=param)
-    return value
+    return check_dataset_uri(value, settings, field=param, tenant=tenant_id).uri
 
 
 def create(
@@ -142,14 +114,7 @@ def create(
         validation_file = check_dataset(session, tenant_id, settings, body.validation_file, "validation_file")
     seed = body.seed if body.seed is not None else secrets.randbelow(2**31)
     config = build_config(body, seed)
-    active = repository.count(session, tenant_id, statuses=repository.ACTIVE)
-    if active >= settings.max_active_jobs_per_tenant:
-        raise QuotaExceeded(
-            f"{active} jobs are already queued or running, the limit for this organization; "
-            "wait for one to finish or cancel one"
-        )
-    if repository.count(session, tenant_id) >= settings.max_jobs_per_tenant:
-        raise QuotaExceeded(f"this organization has reached its limit of {settings.max_jobs_per_tenant} jobs")
+    check_quota(session, tenant_id, settings)
     job = Job(
         id=new_id("ftjob"),
         tenant_id=tenant_id,
@@ -160,7 +125,6 @@ def create(
         seed=seed,
         suffix=body.suffix,
         metadata_=dict(body.metadata or {}),
-        status="validating_files",
         created_at=utcnow(),
         max_attempts=settings.max_attempts,
         # Publication time as far as the reconciler knows; it republishes jobs left waiting too long.
@@ -171,6 +135,27 @@ def create(
     created = _event(job.id, f"Created fine-tuning job: {job.id}")
     repository.insert(session, job, [created, _event(job.id, f"Validating training file: {training_file}")])
     return job, True
+
+
+def check_quota(session: Session, tenant_id: str, settings: Settings) -> None:
+    """Raises ``QuotaExceeded`` (429 ``quota_exceeded``) when the tenant already has
+    ``max_active_jobs_per_tenant`` jobs validating, queued or running, or stores
+    ``max_jobs_per_tenant`` jobs in all; finished jobs free the first when they end, the second when
+    they are deleted. Called under ``lock_tenant``, so two requests cannot both take the last place."""
+    active = repository.count(session, tenant_id, statuses=UNFINISHED)
+    if active >= settings.max_active_jobs_per_tenant:
+        raise QuotaExceeded(
+            f"this organization already has {active} jobs validating, queued or running, its limit; "
+            "wait for one to finish or cancel one",
+            param="max_active_jobs",
+        )
+    stored = repository.count(session, tenant_id)
+    if stored >= settings.max_jobs_per_tenant:
+        raise QuotaExceeded(
+            f"this organization stores {stored} fine-tuning jobs, its limit; delete finished ones "
+            "(DELETE /v1/fine_tuning/jobs/{id}) to make room",
+            param="max_jobs",
+        )
 
 
 def replay(session: Session, tenant_id: str, idempotency_key: str, digest: str) -> Job | None:
@@ -218,32 +203,37 @@ def cancel(session: Session, tenant_id: str, job_id: str) -> Job:
     """Cancel now if the job has not started; ask a running one to stop (``cancelling``).
 
     Raises:
+        NotFound: no such job for this tenant.
         Conflict: the job has already finished.
     """
-    for _ in range(3):  # a worker may move the job between our read and our write
-        job = get(session, tenant_id, job_id)
-        if job.status in TERMINAL:
-            raise Conflict(f"job {job_id} has already finished ({job.status}); there is nothing to cancel")
-        if job.status == "cancelling":
-            return job
-        if job.status == "running":
-            done = repository.transition(session, tenant_id, job_id, ("running",), status="cancelling")
-            message = "Cancellation requested; the job stops after its current step"
-        else:
-            done = repository.transition(
-                session,
-                tenant_id,
-                job_id,
-                ("validating_files", "queued"),
-                status="cancelled",
-                finished_at=utcnow(),
-            )
-            message = "Job cancelled"
-        session.refresh(job)
-        if done:
-            repository.add_event(session, _event(job_id, message))
-            return job
-    raise Conflict(f"job {job_id} kept changing state; retry the cancel")
+    return lifecycle.cancel(session, tenant_id, job_id)
+
+
+def delete(session: Session, tenant_id: str, store: ArtifactStore, job_id: str) -> list[str]:
+    """Delete a finished job with its events, checkpoints and adapter; returns the deleted adapters'
+    ids, which the caller makes the inference caches forget once the deletion is committed.
+
+    Rows go first (flushed, committed by the route), then files: if removing a file fails, the error
+    rolls the rows back too, so the job stays listed and a retried DELETE finishes the work.
+
+    Raises:
+        NotFound: no such job for this tenant (another tenant's included).
+        JobNotFinished: the job is validating, queued, running or cancelling.
+    """
+    job = get(session, tenant_id, job_id)
+    if job.status not in TERMINAL:
+        raise JobNotFinished(
+            f"job {job_id} is {job.status}; only a finished job (succeeded, failed or cancelled) can be "
+            "deleted: cancel it first and wait for it to end",
+            param="fine_tuning_job_id",
+        )
+    adapters = repository.adapters_of(session, tenant_id, job)
+    adapter_keys = [store.key_of(a.uri) or f"adapters/{a.id}" for a in adapters]
+    if not repository.delete_finished(session, tenant_id, job_id, [a.id for a in adapters]):
+        raise NotFound(f"no fine-tuning job {job_id!r}", param="fine_tuning_job_id")  # deleted meanwhile
+    for key in [job_key(job_id), *adapter_keys]:
+        store.delete(key)
+    return [a.id for a in adapters]
 
 
 # --- events, checkpoints, metrics -----------------------------------------------------------------

@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import http.server
 import shutil
+import socket
 import ssl
 import subprocess
 import threading
@@ -105,11 +106,34 @@ class TestRemote:
     def test_http_not_found_and_redirect(self, http_root):
         root, base = http_root
         (root / "folder").mkdir()
+        port = base.rsplit(":", 1)[1]
         error = rejected(f"{base}/missing.csv")
         assert "not found" in error.message
-        assert error.param == f"{base}/missing.csv"
+        # Named by scheme, host and path: the port (and any query) is not echoed back.
+        assert error.param == "http://127.0.0.1/missing.csv"
+        assert port not in error.message
         # The server answers a folder without its trailing slash with a 301, which is refused.
-        assert "HTTP 301" in rejected(f"{base}/folder").message
+        redirect = rejected(f"{base}/folder")
+        assert "HTTP 301" in redirect.message
+        assert "redirects are not followed" in redirect.message
+        assert port not in redirect.message
+
+    def test_closed_port_is_one_class_of_failure(self, http_root):
+        root, base = http_root
+        # A loopback port nothing listens on: "could not connect", with neither the port nor the
+        # operating system's words.
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            closed = probe.getsockname()[1]
+        error = rejected(f"http://127.0.0.1:{closed}/t.csv?token=abc")
+        assert error.message == "cannot download http://127.0.0.1/t.csv: could not connect"
+        assert str(closed) not in error.message
+        assert "token" not in error.message
+
+    def test_url_path_cannot_name_a_file_outside_the_work_folder(self):
+        assert data._local_name("/a/..") == "download"
+        assert data._local_name("/") == "download"
+        assert data._local_name("/x/t.csv") == "t.csv"
 
     def test_http_size_limit(self, http_root, monkeypatch):
         root, base = http_root

@@ -113,13 +113,123 @@ class TestFileRoots:
         rejected((Path.cwd() / "t.csv").as_uri(), settings)
 
 
+TENANT = "tenant-a"
+
+
+@pytest.fixture
+def s3_settings(settings: Settings) -> Settings:
+    settings.dataset_s3_prefix = "s3://datasets/{tenant}/"
+    settings.artifact_url = "s3://grft-artifacts"
+    return settings
+
+
+def s3_rejected(uri: str, settings: Settings, tenant: str | None = TENANT) -> DatasetRejected:
+    with pytest.raises(DatasetRejected) as info:
+        check_dataset_uri(uri, settings, field="training_file", tenant=tenant, resolve=DNS)
+    assert info.value.param == "training_file"
+    return info.value
+
+
 class TestS3:
-    def test_bucket(self, settings: Settings) -> None:
-        assert check_dataset_uri("s3://my-bucket.data/k/t.csv", settings).host == "my-bucket.data"
+    def test_bucket(self, s3_settings: Settings) -> None:
+        parsed = check_dataset_uri("s3://datasets/tenant-a/k/t.csv", s3_settings, tenant=TENANT)
+        assert parsed == ParsedUri(uri="s3://datasets/tenant-a/k/t.csv", scheme="s3", host="datasets")
 
     @pytest.mark.parametrize("uri", ["s3:///t.csv", "s3://Bad_Bucket/t.csv", "s3://a..b/t.csv", "s3://u@b/k"])
     def test_bad_bucket(self, uri: str, settings: Settings) -> None:
         assert "bucket" in rejected(uri, settings).message
+
+    @pytest.mark.parametrize(
+        "uri", ["s3://datasets/tenant-a/t.csv", "s3://datasets/tenant-a/sub/t.csv", "s3://datasets/tenant-a/"]
+    )
+    def test_inside_the_tenant_prefix(self, uri: str, s3_settings: Settings) -> None:
+        assert check_dataset_uri(uri, s3_settings, tenant=TENANT).uri == uri
+
+    @pytest.mark.parametrize(
+        ("uri", "words"),
+        [
+            ("s3://datasets/tenant-b/t.csv", "prefix s3://datasets/tenant-a/"),  # another tenant's
+            ("s3://datasets/tenant-ab/t.csv", "prefix"),  # shares the characters, not the segment
+            ("s3://datasets/TENANT-A/t.csv", "prefix"),  # keys are case-sensitive
+            ("s3://datasets/t.csv", "prefix"),
+            ("s3://datasets/", "prefix"),
+            ("s3://other/tenant-a/t.csv", "prefix"),
+            ("s3://grft-artifacts/files/tenant-a/file-1", "prefix"),  # the artifact store
+            ("s3://grft-artifacts/", "prefix"),
+            ("s3://datasets/tenant-a/../tenant-b/t.csv", "'..'"),
+            ("s3://datasets/tenant-a/./t.csv", "'.'"),
+            ("s3://datasets/tenant-a//t.csv", "empty"),
+            ("s3://datasets/tenant-a/%2e%2e/tenant-b/t.csv", "percent-escapes"),
+            ("s3://datasets/tenant-a%2F..%2Ftenant-b/t.csv", "percent-escapes"),
+            ("s3://datasets/tenant-a/..%2ftenant-b/t.csv", "percent-escapes"),
+            ("s3://datasets/tenant-a/%252e%252e/t.csv", "percent-escapes"),  # double-encoded
+            ("s3://datasets/tenant-a\\..\\tenant-b/t.csv", "backslashes"),
+            ("s3://datasets/tenant-a/t.csv?versionId=1", "query"),
+            ("s3://datasets/tenant-a/t.csv#frag", "fragment"),
+            ("s3://DATASETS/tenant-a/t.csv", "bucket"),
+        ],
+    )
+    def test_outside_the_tenant_prefix(self, uri: str, words: str, s3_settings: Settings) -> None:
+        assert words in s3_rejected(uri, s3_settings).message
+
+    def test_refused_when_no_prefix_is_configured(self, settings: Settings) -> None:
+        assert "not enabled" in s3_rejected("s3://datasets/tenant-a/t.csv", settings).message
+
+    @pytest.mark.parametrize("tenant", [None, "", "..", "a/b", "../tenant-b", "{tenant}", "a%2fb"])
+    def test_needs_a_plain_tenant_id(self, tenant: str | None, s3_settings: Settings) -> None:
+        error = s3_rejected("s3://datasets/tenant-a/t.csv", s3_settings, tenant=tenant)
+        assert "organization" in error.message
+
+    def test_artifact_store_inside_a_tenant_prefix_stays_refused(self, s3_settings: Settings) -> None:
+        # An operator put the artifact store (every tenant's uploads) under one tenant's area.
+        s3_settings.artifact_url = "s3://datasets/tenant-a/store"
+        check_dataset_uri("s3://datasets/tenant-a/t.csv", s3_settings, tenant=TENANT)
+        error = s3_rejected("s3://datasets/tenant-a/store/files/tenant-b/file-1", s3_settings)
+        assert "artifact store" in error.message
+        s3_settings.artifact_url = "s3://datasets/tenant-a"  # the very prefix
+        assert "artifact store" in s3_rejected("s3://datasets/tenant-a/t.csv", s3_settings).message
+
+    def test_prefix_set_aside_inside_the_artifact_bucket(self, s3_settings: Settings) -> None:
+        s3_settings.dataset_s3_prefix = "s3://grft-artifacts/datasets/{tenant}/"
+        check_dataset_uri("s3://grft-artifacts/datasets/tenant-a/t.csv", s3_settings, tenant=TENANT)
+        s3_rejected("s3://grft-artifacts/files/tenant-a/file-1", s3_settings)
+        s3_rejected("s3://grft-artifacts/datasets/tenant-b/t.csv", s3_settings)
+
+    @pytest.mark.parametrize(
+        ("template", "normalised"),
+        [
+            ("s3://datasets/{tenant}", "s3://datasets/{tenant}/"),
+            ("s3://datasets/ml/{tenant}/train/", "s3://datasets/ml/{tenant}/train/"),
+        ],
+    )
+    def test_prefix_setting_normalised(self, template: str, normalised: str) -> None:
+        assert Settings(dataset_s3_prefix=template).dataset_s3_prefix == normalised
+
+    @pytest.mark.parametrize(
+        "template",
+        [
+            "s3://datasets/",  # no {tenant}: every tenant would share one area
+            "s3://datasets/t-{tenant}/",  # not a whole segment
+            "s3://{tenant}/x/",  # in the bucket
+            "s3://datasets/{tenant}/{tenant}/",
+            "s3://datasets/{other}/{tenant}/",
+            "s3://datasets/../{tenant}/",
+            "s3://datasets//{tenant}/",
+            "s3://datasets/%7Btenant%7D/",
+            "https://datasets/{tenant}/",
+        ],
+    )
+    def test_prefix_setting_refused(self, template: str, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv("GRFT_DATASET_S3_PREFIX", template)
+        with pytest.raises(ValueError, match="tenant"):
+            Settings()
+
+    def test_local_artifact_store_is_no_dataset_root(self, settings: Settings) -> None:
+        # A root that holds the artifact folder does not open every tenant's uploads.
+        settings.dataset_roots = [settings.home]
+        store = Path(settings.artifact_url.removeprefix("file://"))
+        rejected((store / "files" / "tenant-b" / "file-1").as_uri(), settings)
+        check_dataset_uri((settings.home / "mine.csv").as_uri(), settings)
 
 
 class TestHttpsHosts:
