@@ -14,8 +14,10 @@ from __future__ import annotations
 import logging
 import random
 import threading
+import time
 
 from domain.db import session_scope, try_advisory_xact_lock
+from domain.gc import Collected, collect_garbage
 from domain.jobs import lifecycle
 from domain.jobs.lifecycle import Publish
 from domain.queue import prune_processed
@@ -23,8 +25,9 @@ from domain.settings import Settings
 
 log = logging.getLogger(__name__)
 
-# The name of the advisory lock one reconciler pass holds (one per database).
+# The names of the advisory locks one reconciler pass and one garbage collection hold (per database).
 LOCK = "grft.reconcile"
+GC_LOCK = "grft.gc"
 
 
 def reconcile(settings: Settings, publish: Publish) -> list[tuple[str, str]]:
@@ -45,13 +48,38 @@ def reconcile(settings: Settings, publish: Publish) -> list[tuple[str, str]]:
     return due
 
 
+def collect(settings: Settings) -> Collected | None:
+    """One garbage collection under its advisory lock; None when another process is collecting."""
+    with session_scope(settings.database_url) as session:
+        if not try_advisory_xact_lock(session, GC_LOCK):
+            return None
+        # The lock lives as long as this transaction: collect while holding it.
+        collected = collect_garbage(settings)
+    if collected.job_folders or collected.temp_entries or collected.checkpoint_rows:
+        log.info(
+            "garbage collected: %d checkpoint rows, %d job folders, %d temp entries",
+            collected.checkpoint_rows,
+            len(collected.job_folders),
+            len(collected.temp_entries),
+        )
+    return collected
+
+
 def reconcile_forever(settings: Settings, publish: Publish, stop: threading.Event) -> None:
-    """Run ``reconcile`` now and then every ``reconcile_seconds`` until ``stop`` is set."""
+    """Run ``reconcile`` now and then every ``reconcile_seconds``, and ``collect`` every ``gc_seconds``,
+    until ``stop`` is set."""
+    next_gc = time.monotonic()
     while True:
         try:
             reconcile(settings, publish)
         except Exception:  # noqa: BLE001 - the database may be restarting: try again next round
             log.warning("reconcile pass failed", exc_info=True)
+        if time.monotonic() >= next_gc:
+            next_gc = time.monotonic() + settings.gc_seconds
+            try:
+                collect(settings)
+            except Exception:  # noqa: BLE001 - the store or the database may be away: next round
+                log.warning("garbage collection failed", exc_info=True)
         # Workers started together drift apart, so that their passes do not all meet at the lock.
         if stop.wait(settings.reconcile_seconds * random.uniform(0.9, 1.1)):  # noqa: S311 - not security
             return

@@ -10,32 +10,40 @@ from __future__ import annotations
 import gc
 import logging
 import shutil
+import socket
 import threading
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
-from urllib.request import url2pathname
 
 from sqlalchemy.orm import Session
 
-from domain.artifacts import ArtifactStore
+from domain.artifacts import ArtifactStore, checkpoints_key
+from domain.dataset_uris import Resolver, check_dataset_uri
 from domain.db import session_scope, utcnow
 from domain.ids import new_id
+from domain.jobs import events
 from domain.jobs import lifecycle as state
-from domain.jobs.lifecycle import ACTIVE, JobSpec, Lease, LeaseLost, Publish
+from domain.jobs import repository as jobs
+from domain.jobs.lifecycle import JobSpec, Lease, LeaseLost, Publish
+from domain.jobs.states import JobStatus
 from domain.models import Adapter
 from domain.queue import RUN_JOB
 from domain.settings import Settings
-from grft_core.data.loading import load_train_val
+from grft_core.cancel import ShouldStop, check_stop, stop_checks
+from grft_core.data import DataLimits
+from grft_core.data.loading import fetch_https, load_train_val
 from grft_core.errors import DatasetRejected, GrftError, TrainingInterrupted
 from grft_core.method.config import GRFTConfig
 from grft_core.models.registry import ModelRegistry
 from grft_core.pipeline import train_to_folder
-from worker.progress import JobReporter, checkpoint_key
+from worker.errors import PublicError, public_error
+from worker.progress import CancelCheck, JobReporter
+from worker.transient import is_transient, retrying, wait_for_database
 
 log = logging.getLogger(__name__)
 
-REMOTE_SCHEMES = ("s3", "https")
+# Copies from a remote artifact store go in pieces of this size, with a cancel check between them.
+_COPY_CHUNK = 1024 * 1024
 _ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip", ".csv", ".jsonl", ".ndjson", ".parquet")
 
 
@@ -43,9 +51,9 @@ class Heartbeat(threading.Thread):
     """Beats under the lease every ``heartbeat_seconds`` while the job runs, through phases that report
     no steps (loading, selection, evaluation); notices a cancel request or a lost lease."""
 
-    def __init__(self, settings: Settings, lease: Lease, statuses: tuple[str, ...]) -> None:
+    def __init__(self, settings: Settings, lease: Lease) -> None:
         super().__init__(name=f"heartbeat-{lease.job_id}", daemon=True)
-        self.url, self.lease, self.statuses = settings.database_url, lease, statuses
+        self.url, self.lease = settings.database_url, lease
         self.interval = settings.heartbeat_seconds
         self.stopped = threading.Event()
         self.cancel = threading.Event()
@@ -55,7 +63,7 @@ class Heartbeat(threading.Thread):
         while not self.stopped.wait(self.interval):
             try:
                 with session_scope(self.url) as session:
-                    if state.beat(session, self.lease, self.statuses) == "cancelling":
+                    if state.heartbeat(session, self.lease) == JobStatus.CANCELLING:
                         self.cancel.set()
             except LeaseLost:
                 self.lost.set()
@@ -95,42 +103,62 @@ def _uploaded_copy(
         target.symlink_to(local)
     elif key is not None:
         with store.open(key) as source, target.open("wb") as out:
-            shutil.copyfileobj(source, out)
+            while chunk := source.read(_COPY_CHUNK):
+                check_stop()
+                out.write(chunk)
     else:
         raise DatasetRejected(f"{field} {ref} is not in this service's artifact store", param=field)
     return target.as_uri()
 
 
-def _allowed(settings: Settings, uri: str, field: str) -> str:
-    """The schemes of DESIGN §6 only; local paths only under ``dataset_roots``.
+def remote_copy(
+    settings: Settings,
+    tenant_id: str,
+    ref: str,
+    field: str,
+    dest: Path,
+    resolve: Resolver = socket.getaddrinfo,
+) -> str:
+    """The URI the loader reads for a dataset URI of ``tenant_id``, after checking it again.
 
-    The API checks the same before it accepts a job; the worker checks again because it is the one
-    that reads, and a row may predate a change of the allowed roots.
+    Checked again right before the fetch: the row may predate a change of the allowed roots, hosts or
+    s3 prefix, and the host may resolve elsewhere than when the job was created. An ``https://`` URI is
+    downloaded here, into ``dest/<field>/``, from exactly the addresses the check approved (``resolve``
+    is asked once, and the fetch resolves nothing), and the local copy is what the loader reads.
     """
-    parts = urlsplit(uri)
-    if "://" in uri and parts.scheme != "file":
-        if parts.scheme not in REMOTE_SCHEMES:
-            raise DatasetRejected(f"{field}: the {parts.scheme}:// scheme is not allowed", param=field)
-        return uri
-    path = Path(url2pathname(parts.path) if "://" in uri else uri).resolve()
-    if not any(path.is_relative_to(root.resolve()) for root in settings.dataset_roots):
-        raise DatasetRejected(f"{field}: {uri} is not under an allowed dataset root", param=field)
-    return uri
+    parsed = check_dataset_uri(ref, settings, field=field, tenant=tenant_id, resolve=resolve)
+    if parsed.scheme != "https":
+        return parsed.uri
+    folder = dest / field
+    folder.mkdir(parents=True, exist_ok=True)
+    return fetch_https(parsed.uri, parsed.addresses, folder).as_uri()
 
 
-def _data_uris(settings: Settings, job: JobSpec, dest: Path) -> tuple[str, str | None]:
+def _data_uris(
+    settings: Settings, job: JobSpec, dest: Path, should_stop: ShouldStop | None = None
+) -> tuple[str, str | None]:
     uris: list[str | None] = []
-    with session_scope(settings.database_url) as session:
+    with stop_checks(should_stop), session_scope(settings.database_url) as session:
         for field, ref in (("training_file", job.training_file), ("validation_file", job.validation_file)):
             if ref is None:
                 uris.append(None)
             elif ref.startswith("file-"):
                 uris.append(_uploaded_copy(settings, session, job, ref, field, dest))
             else:
-                uris.append(_allowed(settings, ref, field))
+                uris.append(remote_copy(settings, job.tenant_id, ref, field, dest))
     train = uris[0]
     assert train is not None
     return train, uris[1]
+
+
+def data_limits(settings: Settings) -> DataLimits:
+    """The library's bounds on reading a dataset, from the service's settings."""
+    return DataLimits(
+        max_image_pixels=settings.max_image_pixels,
+        max_text_chars=settings.max_text_chars,
+        max_record_bytes=settings.max_record_bytes,
+        max_extract_bytes=settings.max_extract_bytes,
+    )
 
 
 def _config(settings: Settings, job: JobSpec) -> GRFTConfig:
@@ -152,16 +180,27 @@ def validate_job(settings: Settings, job_id: str, publish: Publish) -> str:
         if lease is None:
             return "skipped"
         job = state.job_spec(session, job_id)
-        state.add_event(session, job_id, "Validating training file")
-    heartbeat = Heartbeat(settings, lease, ("validating_files", "cancelling"))
+        events.add_event(session, job_id, "Validating training file")
+    heartbeat = Heartbeat(settings, lease)
     heartbeat.start()
+    # A cancel during validation ends the job at once; the check notices its lease is gone and stops.
+    should_stop = CancelCheck(settings, lease, heartbeat)
     work = _work_dir(settings, lease, "validate")
+    names = _tenant_names(job)
     try:
         _fresh(work, job_id)
         config = _config(settings, job)
         spec = ModelRegistry(settings.model_dir).get(job.model)
-        train_uri, val_uri = _data_uris(settings, job, work)
-        train, val = load_train_val(train_uri, val_uri, val_fraction=config.val_fraction, seed=config.seed)
+        train_uri, val_uri = _data_uris(settings, job, work, should_stop)
+        names = _tenant_names(job, train_uri, val_uri)
+        train, val = load_train_val(
+            train_uri,
+            val_uri,
+            val_fraction=config.val_fraction,
+            seed=config.seed,
+            limits=data_limits(settings),
+            should_stop=should_stop,
+        )
         if spec.modality != train.modality:
             raise DatasetRejected(
                 f"model {spec.name!r} takes {spec.modality} inputs but training_file holds {train.modality}",
@@ -174,25 +213,28 @@ def validate_job(settings: Settings, job_id: str, publish: Publish) -> str:
             "modality": train.modality,
         }
         del train, val
-    except GrftError as exc:
+    except TrainingInterrupted as exc:
         heartbeat.stop()
-        return _settle(settings, lease, "user_error", exc.message, exc.param, ("validating_files",))
+        if heartbeat.lost.is_set():
+            return _lost(settings, job)
+        error = _public(settings, job, lease, exc, names, work, f"validation of {job_id}")
+        return _settle(settings, lease, error.code, error.message, error.param)
     except Exception as exc:  # noqa: BLE001 - whatever broke, the job must not stay in validating_files
         heartbeat.stop()
-        log.exception("validation of %s failed", job_id)
-        return _settle(settings, lease, "error", _describe(exc), None, ("validating_files",))
+        error = _public(settings, job, lease, exc, names, work, f"validation of {job_id}")
+        return _settle(settings, lease, error.code, error.message, error.param)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     heartbeat.stop()
     message = f"Files validated ({summary['train_examples']} training examples), moving job to queued state"
     with session_scope(url) as session:
-        queued = state.mark_queued(session, lease, message, summary)
+        queued = state.files_valid(session, lease, message, summary)
         if not queued:
-            state.settle_cancel(session, lease)
+            state.ack_cancel(session, lease)
     if queued:
         publish(RUN_JOB, job_id)
-        return "queued"
-    return "cancelled"
+        return JobStatus.QUEUED
+    return JobStatus.CANCELLED
 
 
 def _work_dir(settings: Settings, lease: Lease, purpose: str) -> Path:
@@ -208,8 +250,40 @@ def _fresh(work: Path, job_id: str) -> None:
     work.mkdir(parents=True)
 
 
-def _describe(exc: BaseException) -> str:
-    return f"internal error: {type(exc).__name__}: {exc}"[:1000]
+def _tenant_names(job: JobSpec, *local: str | None) -> dict[str, str]:
+    """The tenant's names for the job's data (the file ids or URIs they gave), keyed by every spelling
+    messages may use: the name itself, and the local copy the loader read."""
+    refs = (job.training_file, job.validation_file)
+    names = {ref: ref for ref in refs if ref}
+    names.update({path: ref for path, ref in zip(local, refs, strict=False) if path and ref})
+    return names
+
+
+def _public(
+    settings: Settings,
+    job: JobSpec,
+    lease: Lease,
+    exc: BaseException,
+    names: dict[str, str],
+    work: Path,
+    context: str,
+) -> PublicError:
+    """What the tenant reads about ``exc`` (see ``worker.errors``): no SQL, stack, token or local path."""
+    roots: list[str | Path] = [work, settings.home, settings.artifact_url, str(settings.model_dir)]
+    return public_error(exc, names=names, roots=roots, secrets=[lease.token], context=context)
+
+
+def _lost(settings: Settings, job: JobSpec) -> str:
+    """The outcome when the work stopped because the lease went: ``cancelled`` when a cancel ended the
+    job (a validating job is cancelled at once), else ``lease_lost`` (another worker holds it now)."""
+    try:
+        with session_scope(settings.database_url) as session:
+            row = jobs.get(session, job.tenant_id, job.id)
+            status = None if row is None else row.status
+    except Exception:  # noqa: BLE001 - only the return value depends on it
+        log.warning("could not read the state of %s", job.id, exc_info=True)
+        return "lease_lost"
+    return JobStatus.CANCELLED if status == JobStatus.CANCELLED else "lease_lost"
 
 
 def _settle(
@@ -218,13 +292,13 @@ def _settle(
     code: str,
     message: str,
     param: str | None,
-    from_statuses: tuple[str, ...] = ACTIVE,
     retry: bool = False,
 ) -> str:
-    with session_scope(settings.database_url) as session:
-        status = state.settle_error(
-            session, lease, code=code, message=message, param=param, retry=retry, from_statuses=from_statuses
-        )
+    def end() -> JobStatus | None:
+        with session_scope(settings.database_url) as session:
+            return state.end_attempt(session, lease, code=code, message=message, param=param, retry=retry)
+
+    status = retrying(end, budget_s=settings.lease_seconds, what=f"ending the attempt on {lease.job_id}")
     return status or "lease_lost"
 
 
@@ -243,40 +317,56 @@ def run_job(settings: Settings, job_id: str, publish: Publish) -> str:
     """Claim a queued job and train it; returns the state the job was left in (or ``skipped``)."""
     apply_torch_threads(settings)
     with session_scope(settings.database_url) as session:
-        lease = state.claim_run(session, job_id)
+        lease = state.claim(session, job_id)
         if lease is None:
             return "skipped"
         job = state.job_spec(session, job_id)
-        state.add_event(
+        events.add_event(
             session,
             job_id,
             f"Fine-tuning job started (attempt {lease.attempt})",
             data={"attempt": lease.attempt},
         )
-    heartbeat = Heartbeat(settings, lease, ACTIVE)
+    heartbeat = Heartbeat(settings, lease)
     heartbeat.start()
     work = _work_dir(settings, lease, "run")
     try:
-        outcome = _attempt(settings, job, lease, heartbeat, work)
+        outcome = _attempt_until_done(settings, job, lease, heartbeat, work)
     except LeaseLost:
         log.warning("lost the lease on %s; another worker owns it now", job_id)
         outcome = "lease_lost"
     except TrainingInterrupted as exc:
-        # Raised by our reporter on a cancel request; from anywhere else it is a crash like any other.
+        # Raised by our checks on a cancel request (end_attempt honours it) or a lost lease; from
+        # anywhere else it is a crash like any other.
         heartbeat.stop()
-        outcome = _settle(settings, lease, "error", _describe(exc), None, retry=True)
+        if heartbeat.lost.is_set():
+            log.warning("lost the lease on %s; another worker owns it now", job_id)
+            outcome = "lease_lost"
+        elif heartbeat.cancel.is_set():
+            outcome = _settle(settings, lease, "error", "the job was cancelled", None, retry=True)
+        else:
+            error = _public(settings, job, lease, exc, _tenant_names(job), work, f"attempt of {job_id}")
+            outcome = _settle(settings, lease, error.code, error.message, None, retry=True)
     except GrftError as exc:
         heartbeat.stop()
-        outcome = _settle(settings, lease, "user_error", exc.message, exc.param)
+        error = _public(settings, job, lease, exc, _tenant_names(job), work, f"attempt of {job_id}")
+        outcome = _settle(settings, lease, error.code, error.message, error.param)
     except Exception as exc:  # noqa: BLE001 - retried while attempts remain, then failed with code "error"
-        log.exception("attempt %d of %s failed", lease.attempt, job_id)
         heartbeat.stop()
-        outcome = _settle(settings, lease, "error", _describe(exc), None, retry=True)
+        if is_transient(exc):
+            # The database stayed away longer than the lease: not the job's fault, so no attempt is
+            # judged. Hand it back if the database answers again; else the reconciler re-queues it.
+            log.error("the database stayed out of reach during %s; handing the job back", job_id)
+            outcome = _hand_back(settings, lease)
+        else:
+            context = f"attempt {lease.attempt} of {job_id}"
+            error = _public(settings, job, lease, exc, _tenant_names(job), work, context)
+            outcome = _settle(settings, lease, error.code, error.message, None, retry=True)
     except BaseException:
         # Shutdown (SystemExit, KeyboardInterrupt): hand the job back rather than leave it running.
         heartbeat.stop()
         with session_scope(settings.database_url) as session:
-            released = state.release(session, lease)
+            released = state.requeue(session, lease)
         if released:
             publish(RUN_JOB, job_id)
         raise
@@ -284,9 +374,50 @@ def run_job(settings: Settings, job_id: str, publish: Publish) -> str:
         heartbeat.stop()
         shutil.rmtree(work, ignore_errors=True)
         _free_memory()
-    if outcome == "queued":
+    if outcome == JobStatus.QUEUED:
         publish(RUN_JOB, job_id)
     return outcome
+
+
+# How many times one attempt starts over after a database cut before the attempt is given up.
+MAX_DATABASE_RESTARTS = 5
+
+
+def _attempt_until_done(
+    settings: Settings, job: JobSpec, lease: Lease, heartbeat: Heartbeat, work: Path
+) -> str:
+    """``_attempt``, started over under the same lease (so the same attempt, from its last checkpoint)
+    when the database went away mid-run: a brief cut must not cost the job one of its attempts."""
+    restarts = 0
+    while True:
+        try:
+            return _attempt(settings, job, lease, heartbeat, work)
+        except Exception as exc:
+            done = heartbeat.lost.is_set() or heartbeat.stopped.is_set()  # lost, or past training
+            if not is_transient(exc) or restarts >= MAX_DATABASE_RESTARTS or done:
+                raise
+            restarts += 1
+            log.warning(
+                "attempt %d of %s: the database went away (%s); resuming from the last checkpoint",
+                lease.attempt, job.id, type(exc).__name__,
+            )  # fmt: skip
+            wait_for_database(settings.database_url, budget_s=settings.lease_seconds)
+
+
+def _hand_back(settings: Settings, lease: Lease) -> str:
+    """Queue the job again without judging the attempt, if the database answers within the lease."""
+
+    def release() -> bool:
+        with session_scope(settings.database_url) as session:
+            return state.requeue(session, lease)
+
+    try:
+        released = retrying(release, budget_s=settings.lease_seconds, what=f"handing back {lease.job_id}")
+    except Exception as exc:  # noqa: BLE001 - still unreachable: the stale lease is the reconciler's
+        if not is_transient(exc):
+            raise
+        return "database_unavailable"
+    return JobStatus.QUEUED if released else "lease_lost"
 
 
 def _attempt(settings: Settings, job: JobSpec, lease: Lease, heartbeat: Heartbeat, work: Path) -> str:
@@ -294,10 +425,11 @@ def _attempt(settings: Settings, job: JobSpec, lease: Lease, heartbeat: Heartbea
     store = ArtifactStore(settings.artifact_url)
     checkpoints = work / "checkpoints"
     # Resume from whatever a previous attempt (on any machine) left in the store.
-    if store.exists(checkpoint_key(job.id)):
-        store.get_folder(checkpoint_key(job.id), checkpoints)
+    if store.exists(checkpoints_key(job.id)):
+        store.get_folder(checkpoints_key(job.id), checkpoints)
     config = _config(settings, job)
-    train_uri, val_uri = _data_uris(settings, job, work / "data")
+    should_stop = CancelCheck(settings, lease, heartbeat)
+    train_uri, val_uri = _data_uris(settings, job, work / "data", should_stop)
     reporter = JobReporter(settings, lease, store, heartbeat)
     reporter.announce_resume(checkpoints)
     out = work / "adapter"
@@ -310,10 +442,12 @@ def _attempt(settings: Settings, job: JobSpec, lease: Lease, heartbeat: Heartbea
         registry=ModelRegistry(settings.model_dir),
         callbacks=[reporter],
         checkpoint_dir=checkpoints,
+        limits=data_limits(settings),
+        should_stop=should_stop,
     )
     heartbeat.stop()
     if heartbeat.cancel.is_set():
-        raise TrainingInterrupted("cancelled")
+        raise TrainingInterrupted("a cancel was requested")
     return _publish_adapter(settings, job, lease, store, out, metrics)
 
 
@@ -335,16 +469,23 @@ def _publish_adapter(
         method=str(config.get("method", job.method.get("method", "grft"))),
         uri=uri,
         bytes=sum(p.stat().st_size for p in out.rglob("*") if p.is_file()),
-        config=state.clean_json(config),
+        config=events.clean_json(config),
         created_at=utcnow(),
     )
-    try:
+
+    def commit() -> JobStatus | None:
         with session_scope(settings.database_url) as session:
-            outcome = state.complete(session, lease, adapter, metrics, int(metrics["trainable_params"]))
-    except BaseException:
-        store.delete(key)
+            if session.get(Adapter, adapter_id) is not None:  # an earlier try committed; its reply was lost
+                return JobStatus.SUCCEEDED
+            return state.complete(session, lease, adapter, metrics, int(metrics["trainable_params"]))
+
+    try:
+        outcome = retrying(commit, budget_s=settings.lease_seconds, what=f"publishing {adapter_id}")
+    except BaseException as exc:
+        if not is_transient(exc):  # a commit that may have happened keeps the files its row names
+            store.delete(key)
         raise
-    if outcome != "succeeded":
+    if outcome != JobStatus.SUCCEEDED:
         store.delete(key)
     return outcome or "lease_lost"
 

@@ -170,13 +170,16 @@ def delete_finished(session: Session, tenant_id: str, job_id: str, adapter_ids: 
     finished = _tenant_jobs(tenant_id).where(Job.id == job_id, Job.status.in_(TERMINAL))
     owned = finished.with_only_columns(Job.id)
     quiet = {"synchronize_session": False}
+    # The job and adapter objects the session holds are marked deleted too ("evaluate"); the events and
+    # checkpoints, many and rarely loaded, are not looked for.
+    coherent = {"synchronize_session": "evaluate"}
     if adapter_ids:
         adapters = delete(Adapter).where(Adapter.tenant_id == tenant_id, Adapter.id.in_(list(adapter_ids)))
-        session.execute(adapters, execution_options=quiet)
+        session.execute(adapters, execution_options=coherent)
     session.execute(delete(JobEvent).where(JobEvent.job_id.in_(owned)), execution_options=quiet)
     session.execute(delete(JobCheckpoint).where(JobCheckpoint.job_id.in_(owned)), execution_options=quiet)
     jobs = delete(Job).where(Job.tenant_id == tenant_id, Job.id == job_id, Job.status.in_(TERMINAL))
-    return _rowcount(session.execute(jobs, execution_options=quiet)) > 0
+    return _rowcount(session.execute(jobs, execution_options=coherent)) > 0
 
 
 # --- garbage collection (every tenant) ------------------------------------------------------------

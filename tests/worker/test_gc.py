@@ -17,13 +17,14 @@ from api.cli import upgrade_database
 from domain.adapters.models import Adapter
 from domain.artifacts import ArtifactStore, checkpoints_key, job_key
 from domain.auth.models import Tenant
-from domain.db import get_engine, session_scope, utcnow
+from domain.db import get_engine, session_scope, try_advisory_xact_lock, utcnow
 from domain.gc import Collected, collect_garbage
 from domain.ids import new_id
 from domain.jobs.models import Job, JobCheckpoint
 from domain.jobs.states import JobStatus
 from domain.settings import Settings
 from tests.worker.conftest import MakeJob, get_job
+from worker import reconcile as reconciler
 from worker import tasks
 
 NOW = utcnow()
@@ -278,3 +279,45 @@ class TestAfterARealRun:
         for name in ("adapter_config.json", "adapter_model.safetensors"):
             assert store.exists(f"adapters/{job.adapter_id}/{name}")
         assert get_job(settings, job_id).status == JobStatus.SUCCEEDED
+
+
+class TestPeriodic:
+    """Workers collect from their reconciler thread, one at a time through an advisory lock."""
+
+    def test_collect_runs_under_the_lock_and_skips_while_another_holds_it(
+        self, settings: Settings, store: ArtifactStore, tmp_path: Path
+    ) -> None:
+        settings.temp_ttl_hours = 1
+        stale = write_folder(Path(store.path("tmp")), {"0a1b": b"half an upload"}) / "0a1b"
+        age(stale, 2 * HOUR)
+        with session_scope(settings.database_url) as holder:
+            assert try_advisory_xact_lock(holder, reconciler.GC_LOCK)
+            assert reconciler.collect(settings) is None  # another worker is collecting
+            assert stale.exists()
+        collected = reconciler.collect(settings)
+        assert collected is not None
+        assert collected.temp_entries == ["tmp/0a1b"]
+        assert not stale.exists()
+
+    def test_the_reconciler_thread_collects(self, settings: Settings, store: ArtifactStore) -> None:
+        settings.temp_ttl_hours = 1
+        stale = write_folder(Path(store.path("tmp")), {"0a1b": b"half an upload"}) / "0a1b"
+        age(stale, 2 * HOUR)
+        stop = threading.Event()
+        sent: list[tuple[str, str]] = []
+        thread = threading.Thread(
+            target=reconciler.reconcile_forever,
+            args=(settings, lambda name, job: sent.append((name, job)), stop),
+            daemon=True,
+        )
+        thread.start()
+        try:
+            for _ in range(600):
+                if not stale.exists():
+                    break
+                threading.Event().wait(0.1)
+        finally:
+            stop.set()
+            thread.join(timeout=30)
+        assert not stale.exists()
+        assert not thread.is_alive()
