@@ -22,6 +22,7 @@ uv:
 sync: .venv/.synced
 
 test: sync
+	@bash tests/dashboard/ensure_chromium.sh
 	$(UV) run --frozen pytest $(PYTEST_ARGS)
 
 lint: sync

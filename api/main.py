@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from starlette.middleware.cors import CORSMiddleware
 
 from api.deps import Services
 from api.errors import install_handlers
@@ -21,6 +22,7 @@ from domain.settings import Settings, get_settings
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Assemble the app for ``settings`` (default: from the environment)."""
     from api.adapters.routes import router as adapters_router
+    from api.dashboard.routes import router as dashboard_router
     from api.files.routes import router as files_router
     from api.inference.admin_routes import router as inference_admin_router
     from api.inference.routes import router as inference_router
@@ -33,6 +35,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings or get_settings()
     install_handlers(app)
     app.add_middleware(BodyLimitMiddleware, settings=app.state.settings)  # before auth and parsing
+    if app.state.settings.cors_origins:  # outside the body limit, so its 413s carry CORS headers too
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=app.state.settings.cors_origins,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "Last-Event-ID"],
+            expose_headers=["Content-Disposition", "Retry-After"],
+        )
     routers = (
         system_router,
         files_router,
@@ -40,6 +50,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         adapters_router,
         inference_router,
         inference_admin_router,
+        dashboard_router,
     )
     for router in routers:
         app.include_router(router)
