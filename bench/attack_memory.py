@@ -228,9 +228,9 @@ def archive_bomb(folder: Path, limited: bool, size: int, budget: int | None = No
         PRELUDES["data"],
         f"""
         from grft_core.data import DataLimits
-        from grft_core.data import loading
+        from grft_core.data import fetch, loading
         from grft_core.errors import GrftError
-        loading.MAX_DATASET_BYTES = {HUGE if not limited else "loading.MAX_DATASET_BYTES"}
+        fetch.MAX_DATASET_BYTES = {HUGE if not limited else "fetch.MAX_DATASET_BYTES"}
         written = [0]
         real_read_dir = loading._read_dir
         def measured(path, display, limits):

@@ -1,7 +1,7 @@
 """Cooperative cancel: long work asks ``should_stop()`` between units and stops with ``TrainingInterrupted``.
 
 The library's long-running entry points (``pipeline.train_to_folder``, ``data.load_dataset`` and
-``load_train_val``, ``data.loading.fetch_https``, ``method.setup.compute_selection``) take an optional
+``load_train_val``, ``data.fetch.fetch_https``, ``method.setup.compute_selection``) take an optional
 ``should_stop: Callable[[], bool]``. While one runs, the check reaches the inner loops (each file, record,
 archive member and download chunk; each encoding chunk and batch of the selection pass, the evaluations and
 the training) through a context variable, so the readers and the trainer do not each carry the argument.

@@ -26,7 +26,7 @@ from grft_core.adapters.format import (
 )
 from grft_core.adapters.peft import export_peft_lora
 from grft_core.cancel import ShouldStop, check_stop, stop_checks
-from grft_core.data.formats import DataLimits
+from grft_core.data.limits import DataLimits
 from grft_core.data.loading import LabeledData, load_dataset, load_train_val
 from grft_core.data.preprocess import make_preprocessor
 from grft_core.errors import AdapterError, DatasetRejected, FingerprintMismatch

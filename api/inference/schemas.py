@@ -23,7 +23,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from api.errors import PayloadTooLarge
 from domain.settings import Settings
-from grft_core.data.formats import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_TEXT_CHARS, decode_image
+from grft_core.data.images import decode_image
+from grft_core.data.limits import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_TEXT_CHARS
 from grft_core.errors import DatasetRejected, GrftError
 
 MAX_ITEMS_CEILING = 4096

@@ -1,7 +1,8 @@
 """Data: reading dataset URIs and formats into labelled records, preprocessing for a model, and
 writers that turn packaged real datasets into the on-disk formats."""
 
-from grft_core.data.formats import DataLimits, decode_image
+from grft_core.data.images import decode_image
+from grft_core.data.limits import DataLimits
 from grft_core.data.loading import LabeledData, load_dataset, load_train_val, stratified_split
 from grft_core.data.preprocess import (
     ImagePreprocessor,

@@ -1,39 +1,34 @@
 """Readers for the on-disk dataset formats: image folders, CSV, JSONL, Parquet and ``save_to_disk`` folders.
 
 Each reader checks every row and returns :class:`RawRecords`: texts, or *where* each image lives (a file
-or its bytes), with labels already in their string form. Images are decoded later, by
-:func:`decode_image`, and only for the rows that are kept, so that ``max_items`` stays cheap on large
-image sets. Every problem is a :class:`~grft_core.errors.DatasetRejected` that names the file, column
-or line at fault.
+or its bytes), with labels already in their string form; the cell checks (labels, texts, image cells)
+are here, the parsing of table files into rows is in :mod:`grft_core.data.tables`. Images are decoded
+later, by :func:`~grft_core.data.images.decode_image`, and only for the rows that are kept, so that
+``max_items`` stays cheap on large image sets. Every problem is a
+:class:`~grft_core.errors.DatasetRejected` that names the file, column or line at fault.
 
-What one input may make the reader hold is bounded by :class:`DataLimits` (pixels per image, read from
-the header before decoding; characters per text; bytes per CSV record or JSONL line, counted while the
-line is read; bytes an archive or Parquet file expands to), so memory follows those numbers, not the
-input.
+What one input may make the reader hold is bounded by :class:`~grft_core.data.limits.DataLimits`
+(characters per text; bytes per CSV record or JSONL line, counted while the line is read; bytes a
+Parquet file's columns expand to), so memory follows those numbers, not the input.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import csv
-import io
 import json
 import re
-import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Literal
-
-from PIL import Image
+from typing import Any, Literal
 
 from grft_core.cancel import check_stop
+from grft_core.data.images import IMAGE_SUFFIXES, ImageSource
+from grft_core.data.limits import DataLimits
+from grft_core.data.tables import read_rows, row_dicts, table_modality
 from grft_core.errors import DatasetRejected
 
-IMAGE_SUFFIXES = frozenset(
-    {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
-)
 TABULAR_SUFFIXES = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
 # Folders that archivers add next to the data (macOS resource forks) and that hold no examples.
 _IGNORED_NAMES = frozenset({"__MACOSX"})
@@ -42,51 +37,6 @@ _INT_LABEL = re.compile(r"-?\d+")
 _IMAGE_NAME = re.compile(
     r"[\w./-]{1,120}\.(" + "|".join(sorted(s[1:] for s in IMAGE_SUFFIXES)) + ")", re.IGNORECASE
 )
-# Base64-encoded images easily exceed the csv module's default 128 KiB field limit.
-_CSV_FIELD_LIMIT = 256 * 1024 * 1024
-
-ImageSource = bytes | Path
-
-#: 25 M pixels: a 6000x4000 camera photo fits; decoded as RGB it takes 75 MB. Pillow's own limit
-#: (89 M pixels, 270 MB decoded) lets a 86 KB PNG cost a quarter of a gigabyte.
-DEFAULT_MAX_IMAGE_PIXELS = 25_000_000
-#: 100,000 characters: ten long news articles. No model here reads more than a few thousand tokens.
-DEFAULT_MAX_TEXT_CHARS = 100_000
-#: 8 MiB per CSV record or JSONL line: room for a base64 image of about 6 MB.
-DEFAULT_MAX_RECORD_BYTES = 8 * 1024 * 1024
-#: 1 GiB: what an archive may expand to on disk, and a Parquet file's columns in memory.
-DEFAULT_MAX_EXTRACT_BYTES = 1024**3
-
-
-@dataclass(frozen=True)
-class DataLimits:
-    """Bounds on what one dataset may make the loader hold; every field must be at least 1.
-
-    Attributes:
-        max_image_pixels: width x height of one image (after any JPEG draft scaling), read from the
-            header before the pixels are decoded.
-        max_text_chars: characters of one text item.
-        max_record_bytes: bytes of one CSV record (which may span lines) or JSONL line, counted while
-            it is read.
-        max_extract_bytes: bytes an archive may expand to, counted while extracting, and the
-            uncompressed size of the columns read from a Parquet file.
-        image_side: when set, images are decoded toward this shorter side (never below it): JPEG's
-            draft mode scales while decoding, other formats are reduced by an integer factor after.
-    """
-
-    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
-    max_text_chars: int = DEFAULT_MAX_TEXT_CHARS
-    max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
-    max_extract_bytes: int = DEFAULT_MAX_EXTRACT_BYTES
-    image_side: int | None = None
-
-    def __post_init__(self) -> None:
-        for name in ("max_image_pixels", "max_text_chars", "max_record_bytes", "max_extract_bytes"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if self.image_side is not None and self.image_side < 1:
-            raise ValueError(f"image_side must be a positive integer or None, got {self.image_side!r}")
 
 
 @dataclass
@@ -128,58 +78,6 @@ def sort_classes(names: Iterable[str]) -> list[str]:
     if unique and all(_INT_LABEL.fullmatch(name) for name in unique):
         return sorted(unique, key=lambda name: (int(name), name))
     return sorted(unique)
-
-
-def decode_image(
-    source: ImageSource,
-    what: str,
-    param: str | None = None,
-    *,
-    max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
-    reduce_to: int | None = None,
-) -> Image.Image:
-    """Decode one image into memory as RGB, refusing it from its header when it has too many pixels.
-
-    Takes raw bytes or a local file, ``what`` (the file or row, for the message), ``param`` (for the
-    error, default ``what``), ``max_pixels`` (width x height allowed, checked before decoding) and
-    ``reduce_to`` (when set, decode toward this shorter side, never below it: JPEG scales while
-    decoding, other formats are reduced by an integer factor). Returns the loaded RGB image. Raises
-    :class:`DatasetRejected` for a corrupt or unreadable image, one over ``max_pixels``, and one over
-    Pillow's own pixel limit (a decompression bomb).
-    """
-    param = param or what
-    try:
-        with warnings.catch_warnings():
-            # Pillow only warns between MAX_IMAGE_PIXELS and twice that; an upload that large is refused.
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            stream = io.BytesIO(source) if isinstance(source, bytes) else source
-            with Image.open(stream) as image:
-                if reduce_to is not None:
-                    # JPEG only: the decoder scales by 1/2, 1/4 or 1/8 and keeps both sides >= reduce_to.
-                    image.draft("RGB", (reduce_to, reduce_to))
-                width, height = image.size
-                if width * height > max_pixels:
-                    raise DatasetRejected(
-                        f"image {what} is {width}x{height} ({width * height:,} pixels), over the limit "
-                        f"of {max_pixels:,} pixels per image (max_image_pixels)",
-                        param=param,
-                    )
-                image.load()
-                if image.mode == "P" and "transparency" in image.info:
-                    # Going through RGBA keeps Pillow from warning about palette transparency.
-                    rgb = image.convert("RGBA").convert("RGB")
-                else:
-                    rgb = image.convert("RGB")
-            factor = min(rgb.size) // reduce_to if reduce_to else 1
-            return rgb.reduce(factor) if factor >= 2 else rgb
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise DatasetRejected(f"image {what} is too large (decompression bomb): {exc}", param=param) from exc
-    except (OSError, ValueError, SyntaxError, EOFError) as exc:
-        # The kind of failure, not Pillow's words (they can quote paths and bytes of the file).
-        raise DatasetRejected(
-            f"cannot read image {what}: the file is corrupt or not an image ({type(exc).__name__})",
-            param=param,
-        ) from exc
 
 
 def read_image_folder(root: Path, name: str | None = None) -> RawRecords:
@@ -225,14 +123,8 @@ def read_table(path: Path, kind: str, limits: DataLimits | None = None) -> RawRe
     past ``max_extract_bytes``.
     """
     limits = limits or DataLimits()
-    if kind == "csv":
-        rows = _csv_rows(path, limits.max_record_bytes)
-    elif kind == "jsonl":
-        rows = _jsonl_rows(path, limits.max_record_bytes)
-    else:
-        rows = _parquet_rows(path, limits.max_extract_bytes)
-    columns, body = rows
-    modality = _modality(path.name, columns)
+    columns, body = read_rows(path, kind, limits)
+    modality = table_modality(path.name, columns)
     records = RawRecords(modality, path.name)
     for where, row in body:
         check_stop()
@@ -333,164 +225,6 @@ def _file_under(folder: Path, text: str) -> Path | None:
         return None
 
 
-def _modality(name: str, columns: list[str]) -> Literal["image", "text"]:
-    # The expected columns, never the ones found: a header line may be the first line of a file that is
-    # no dataset at all (a secret, an internal page), and it must not come back in the message.
-    if "label" not in columns:
-        raise DatasetRejected(
-            f"{name} has no `label` column: a table needs a `label` column and a `text` or an `image` column",
-            param="label",
-        )
-    if "text" in columns and "image" in columns:
-        raise DatasetRejected(f"{name} has both `text` and `image` columns; keep only one", param="image")
-    if "text" in columns:
-        return "text"
-    if "image" in columns:
-        return "image"
-    raise DatasetRejected(
-        f"{name} has neither a `text` nor an `image` column: a table needs one of them next to `label`",
-        param="text",
-    )
-
-
-Rows = tuple[list[str], Iterable[tuple[str, dict[str, Any]]]]
-
-
-class _Lines(Iterator[str]):
-    """The lines of a text file, refusing a record (one line, or several for a quoted CSV field) over
-    ``limit`` bytes: no line is read past ``limit + 1`` characters, so a single huge line costs at most
-    that much memory before it is refused."""
-
-    def __init__(self, handle: IO[str], limit: int, name: str) -> None:
-        self.handle, self.limit, self.name = handle, limit, name
-        self.number = 0  # lines read
-        self.record_start = 1
-        self.record_bytes = 0
-
-    def start_record(self) -> None:
-        self.record_start, self.record_bytes = self.number + 1, 0
-
-    def __next__(self) -> str:
-        line = self.handle.readline(self.limit + 1)
-        if not line:
-            raise StopIteration
-        self.number += 1
-        self.record_bytes += len(line) if line.isascii() else len(line.encode("utf-8", "surrogatepass"))
-        if self.record_bytes > self.limit:
-            where = f"line {self.record_start}"
-            raise DatasetRejected(
-                f"{self.name}: the record on {where} is over the limit of {self.limit:,} bytes per record "
-                "(max_record_bytes)",
-                param=where,
-            )
-        return line
-
-
-def _csv_rows(path: Path, max_record_bytes: int) -> Rows:
-    csv.field_size_limit(max(csv.field_size_limit(), _CSV_FIELD_LIMIT))
-    rows: list[tuple[str, dict[str, Any]]] = []
-    with path.open(newline="", encoding="utf-8-sig") as handle:
-        lines = _Lines(handle, max_record_bytes, path.name)
-        reader = csv.reader(lines)
-        try:
-            header = [column.strip() for column in next(reader, [])]
-            if not header:
-                raise DatasetRejected(f"{path.name} has no header line", param=path.name)
-            _modality(path.name, header)
-            previous = reader.line_num
-            lines.start_record()
-            for row in reader:
-                check_stop()
-                lines.start_record()
-                # A quoted field may span lines: a row starts on the line after the previous one ended.
-                where, previous = f"line {previous + 1}", reader.line_num
-                if not row:
-                    continue
-                if len(row) != len(header):
-                    raise DatasetRejected(
-                        f"{path.name}: {where} has {len(row)} fields, the header has {len(header)}",
-                        param=where,
-                    )
-                rows.append((where, dict(zip(header, row, strict=True))))
-        except UnicodeDecodeError as exc:
-            raise DatasetRejected(
-                f"{path.name} is not UTF-8 text (near line {reader.line_num + 1})", param=path.name
-            ) from exc
-        except csv.Error as exc:
-            where = f"line {reader.line_num}"
-            raise DatasetRejected(f"{path.name}: malformed CSV on {where}: {exc}", param=where) from exc
-    return header, rows
-
-
-def _jsonl_rows(path: Path, max_record_bytes: int) -> Rows:
-    rows: list[tuple[str, dict[str, Any]]] = []
-    columns: list[str] = []
-    with path.open(encoding="utf-8-sig") as handle:
-        lines = _Lines(handle, max_record_bytes, path.name)
-        try:
-            for number, line in enumerate(lines, start=1):
-                check_stop()
-                lines.start_record()
-                if not line.strip():
-                    continue
-                where = f"line {number}"
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise DatasetRejected(
-                        f"{path.name}: {where} is not valid JSON ({exc.msg})", param=where
-                    ) from exc
-                if not isinstance(row, dict):
-                    raise DatasetRejected(f"{path.name}: {where} is not a JSON object", param=where)
-                if not columns:
-                    columns = list(row)
-                    _modality(path.name, columns)
-                rows.append((where, row))
-        except UnicodeDecodeError as exc:
-            raise DatasetRejected(f"{path.name} is not UTF-8 text", param=path.name) from exc
-    return columns, rows
-
-
-def _parquet_rows(path: Path, max_bytes: int) -> Rows:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    try:
-        metadata = pq.read_metadata(path)
-        columns = list(metadata.schema.to_arrow_schema().names)
-        modality = _modality(path.name, columns)
-        _check_parquet_size(path.name, metadata, {modality, "label"}, max_bytes)
-        table = pq.read_table(path, columns=[modality, "label"])
-    except (pa.ArrowException, OSError) as exc:
-        raise DatasetRejected(
-            f"{path.name} is not a readable Parquet file ({type(exc).__name__})", param=path.name
-        ) from exc
-    return columns, _row_dicts(table.to_pydict())
-
-
-def _check_parquet_size(name: str, metadata: Any, wanted: set[str], max_bytes: int) -> None:
-    """Refuse a Parquet file whose columns ``wanted`` expand past ``max_bytes``, from its footer alone:
-    compressed pages of repeated values read back many times larger."""
-    total = 0
-    for group in range(metadata.num_row_groups):
-        row_group = metadata.row_group(group)
-        for index in range(row_group.num_columns):
-            chunk = row_group.column(index)
-            if chunk.path_in_schema.split(".")[0] in wanted:
-                total += int(chunk.total_uncompressed_size or 0)
-    if total > max_bytes:
-        raise DatasetRejected(
-            f"{name} expands to {total:,} bytes, over the limit of {max_bytes:,} bytes (max_extract_bytes)",
-            param=name,
-        )
-
-
-def _row_dicts(table: dict[str, list[Any]]) -> list[tuple[str, dict[str, Any]]]:
-    names = list(table)
-    count = len(table[names[0]]) if names else 0
-    return [(f"row {i + 1}", {name: table[name][i] for name in names}) for i in range(count)]
-
-
 def read_saved_dataset(path: Path, limits: DataLimits | None = None) -> RawRecords:
     """Read a folder written by ``datasets``' ``save_to_disk`` (a Dataset, or a DatasetDict's ``train``).
 
@@ -516,12 +250,12 @@ def read_saved_dataset(path: Path, limits: DataLimits | None = None) -> RawRecor
             raise DatasetRejected(
                 f"{path.name} holds {len(loaded)} splits and none is named `train`", param=path.name
             )
-    modality = _modality(path.name, list(loaded.column_names))
+    modality = table_modality(path.name, list(loaded.column_names))
     feature = loaded.features["label"]
     names = list(feature.names) if isinstance(feature, datasets.ClassLabel) else None
     table = loaded.with_format("arrow")[:]
     records = RawRecords(modality, path.name)
-    for where, row in _row_dicts(table.select([modality, "label"]).to_pydict()):
+    for where, row in row_dicts(table.select([modality, "label"]).to_pydict()):
         check_stop()
         value = row["label"]
         if names is not None and value is not None:

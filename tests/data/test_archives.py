@@ -10,7 +10,7 @@ import zipfile
 
 import pytest
 
-from grft_core.data import loading as data
+from grft_core.data import fetch
 from tests.data.helpers import image_folder, png_bytes, rejected
 
 
@@ -58,5 +58,5 @@ class TestArchiveSafety:
     def test_size_limit(self, tmp_path, monkeypatch):
         root = image_folder(tmp_path / "pets", {"cat": 2, "dog": 2})
         archive = shutil.make_archive(str(tmp_path / "pets"), "zip", root)
-        monkeypatch.setattr(data, "MAX_DATASET_BYTES", 100)
+        monkeypatch.setattr(fetch, "MAX_DATASET_BYTES", 100)
         assert "more than the limit" in rejected(archive).message

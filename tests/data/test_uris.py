@@ -17,7 +17,7 @@ from pathlib import Path
 import fsspec
 import pytest
 
-from grft_core.data import loading as data
+from grft_core.data import fetch
 from grft_core.data.loading import load_dataset
 from tests.data.helpers import COLORS, TEXT_ROWS, image_folder, png_bytes, rejected, write_csv
 
@@ -131,14 +131,14 @@ class TestRemote:
         assert "token" not in error.message
 
     def test_url_path_cannot_name_a_file_outside_the_work_folder(self):
-        assert data._local_name("/a/..") == "download"
-        assert data._local_name("/") == "download"
-        assert data._local_name("/x/t.csv") == "t.csv"
+        assert fetch._local_name("/a/..") == "download"
+        assert fetch._local_name("/") == "download"
+        assert fetch._local_name("/x/t.csv") == "t.csv"
 
     def test_http_size_limit(self, http_root, monkeypatch):
         root, base = http_root
         write_csv(root / "t.csv", TEXT_ROWS * 10)
-        monkeypatch.setattr(data, "MAX_DATASET_BYTES", 64)
+        monkeypatch.setattr(fetch, "MAX_DATASET_BYTES", 64)
         assert "more than the limit" in rejected(f"{base}/t.csv").message
 
     def test_https(self, tmp_path, monkeypatch):

@@ -14,7 +14,7 @@ import pytest
 
 from bench import attack_memory as attack
 from grft_core.data import DataLimits, decode_image, load_dataset
-from grft_core.data import loading as data_loading
+from grft_core.data import archives as data_archives
 from grft_core.errors import DatasetRejected
 
 CEILING_MB = 300  # the unbounded runs cost 0.9-3 GB (bench/RESULTS.md)
@@ -74,7 +74,7 @@ class TestArchiveBomb:
         target = tmp_path / "out"
         target.mkdir()
         with pytest.raises(DatasetRejected, match=r"max_extract_bytes"):
-            data_loading._extract_tar(archive, target, "zeros.tar.gz", 20 << 20)
+            data_archives._extract_tar(archive, target, "zeros.tar.gz", 20 << 20)
         written = sum(p.stat().st_size for p in target.rglob("*") if p.is_file())
         assert 0 < written <= 20 << 20  # two members made it, the third was refused before its bytes
 
@@ -92,7 +92,7 @@ class TestArchiveBomb:
         target = tmp_path / "out"
         target.mkdir()
         with pytest.raises(DatasetRejected, match=r"max_extract_bytes|not a readable zip"):
-            data_loading._extract_zip(archive, target, "zeros.zip", 4 << 20)
+            data_archives._extract_zip(archive, target, "zeros.zip", 4 << 20)
         assert sum(p.stat().st_size for p in target.rglob("*") if p.is_file()) <= 4 << 20
 
 
