@@ -2,7 +2,8 @@
 
 Every exit path of ``run_job`` leaves the job in a state (succeeded, failed, cancelled, or queued
 again for another attempt); a worker that dies without one is found by the reconciler through its
-stale heartbeat. All writes go through ``domain.jobs.lifecycle`` under the job's lease.
+stale heartbeat. All writes go through ``domain.jobs.lifecycle`` under the job's lease; the job's data
+is fetched by ``worker.datasets``.
 """
 
 from __future__ import annotations
@@ -10,41 +11,33 @@ from __future__ import annotations
 import gc
 import logging
 import shutil
-import socket
 import threading
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy.orm import Session
-
 from domain.artifacts import ArtifactStore, checkpoints_key
-from domain.dataset_uris import Resolver, check_dataset_uri
 from domain.db import session_scope, utcnow
 from domain.ids import new_id
 from domain.jobs import events
 from domain.jobs import lifecycle as state
 from domain.jobs import repository as jobs
-from domain.jobs.lifecycle import JobSpec, Lease, LeaseLost, Publish
+from domain.jobs.lifecycle import Lease, LeaseLost, Publish
+from domain.jobs.specs import JobSpec, job_spec
 from domain.jobs.states import JobStatus
 from domain.models import Adapter
 from domain.queue import RUN_JOB
 from domain.settings import Settings
-from grft_core.cancel import ShouldStop, check_stop, stop_checks
-from grft_core.data import DataLimits
-from grft_core.data.loading import fetch_https, load_train_val
+from grft_core.data.loading import load_train_val
 from grft_core.errors import DatasetRejected, GrftError, TrainingInterrupted
 from grft_core.method.config import GRFTConfig
 from grft_core.models.registry import ModelRegistry
 from grft_core.pipeline import train_to_folder
+from worker.datasets import data_limits, data_uris, tenant_names
 from worker.errors import PublicError, public_error
 from worker.progress import CancelCheck, JobReporter
 from worker.transient import is_transient, retrying, wait_for_database
 
 log = logging.getLogger(__name__)
-
-# Copies from a remote artifact store go in pieces of this size, with a cancel check between them.
-_COPY_CHUNK = 1024 * 1024
-_ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip", ".csv", ".jsonl", ".ndjson", ".parquet")
 
 
 class Heartbeat(threading.Thread):
@@ -77,90 +70,6 @@ class Heartbeat(threading.Thread):
             self.join(timeout=30)
 
 
-# --- data -------------------------------------------------------------------------------------------
-
-
-def _suffix(filename: str) -> str:
-    lowered = filename.lower()
-    return next((s for s in _ARCHIVE_SUFFIXES if lowered.endswith(s)), "")
-
-
-def _uploaded_copy(
-    settings: Settings, session: Session, job: JobSpec, ref: str, field: str, dest: Path
-) -> str:
-    """A local path, named ``<file-id><suffix>`` (the suffix tells the format), for an uploaded file."""
-    record = state.tenant_file(session, job.tenant_id, ref)
-    if record is None:
-        raise DatasetRejected(f"{field} {ref} does not exist", param=field)
-    store = ArtifactStore(settings.artifact_url)
-    target = dest / f"{record.id}{_suffix(record.filename)}"
-    dest.mkdir(parents=True, exist_ok=True)
-    if target.exists():  # the same file given as training and validation data
-        return target.as_uri()
-    key = record.uri[len(store.url) + 1 :] if record.uri.startswith(store.url + "/") else None
-    local = store.local_path(key) if key else None
-    if local is not None and local.exists():
-        target.symlink_to(local)
-    elif key is not None:
-        with store.open(key) as source, target.open("wb") as out:
-            while chunk := source.read(_COPY_CHUNK):
-                check_stop()
-                out.write(chunk)
-    else:
-        raise DatasetRejected(f"{field} {ref} is not in this service's artifact store", param=field)
-    return target.as_uri()
-
-
-def remote_copy(
-    settings: Settings,
-    tenant_id: str,
-    ref: str,
-    field: str,
-    dest: Path,
-    resolve: Resolver = socket.getaddrinfo,
-) -> str:
-    """The URI the loader reads for a dataset URI of ``tenant_id``, after checking it again.
-
-    Checked again right before the fetch: the row may predate a change of the allowed roots, hosts or
-    s3 prefix, and the host may resolve elsewhere than when the job was created. An ``https://`` URI is
-    downloaded here, into ``dest/<field>/``, from exactly the addresses the check approved (``resolve``
-    is asked once, and the fetch resolves nothing), and the local copy is what the loader reads.
-    """
-    parsed = check_dataset_uri(ref, settings, field=field, tenant=tenant_id, resolve=resolve)
-    if parsed.scheme != "https":
-        return parsed.uri
-    folder = dest / field
-    folder.mkdir(parents=True, exist_ok=True)
-    return fetch_https(parsed.uri, parsed.addresses, folder).as_uri()
-
-
-def _data_uris(
-    settings: Settings, job: JobSpec, dest: Path, should_stop: ShouldStop | None = None
-) -> tuple[str, str | None]:
-    uris: list[str | None] = []
-    with stop_checks(should_stop), session_scope(settings.database_url) as session:
-        for field, ref in (("training_file", job.training_file), ("validation_file", job.validation_file)):
-            if ref is None:
-                uris.append(None)
-            elif ref.startswith("file-"):
-                uris.append(_uploaded_copy(settings, session, job, ref, field, dest))
-            else:
-                uris.append(remote_copy(settings, job.tenant_id, ref, field, dest))
-    train = uris[0]
-    assert train is not None
-    return train, uris[1]
-
-
-def data_limits(settings: Settings) -> DataLimits:
-    """The library's bounds on reading a dataset, from the service's settings."""
-    return DataLimits(
-        max_image_pixels=settings.max_image_pixels,
-        max_text_chars=settings.max_text_chars,
-        max_record_bytes=settings.max_record_bytes,
-        max_extract_bytes=settings.max_extract_bytes,
-    )
-
-
 def _config(settings: Settings, job: JobSpec) -> GRFTConfig:
     params = dict(job.method)
     params.setdefault("seed", job.seed)
@@ -179,20 +88,20 @@ def validate_job(settings: Settings, job_id: str, publish: Publish) -> str:
         lease = state.claim_validation(session, job_id, settings.lease_seconds)
         if lease is None:
             return "skipped"
-        job = state.job_spec(session, job_id)
+        job = job_spec(session, job_id)
         events.add_event(session, job_id, "Validating training file")
     heartbeat = Heartbeat(settings, lease)
     heartbeat.start()
     # A cancel during validation ends the job at once; the check notices its lease is gone and stops.
     should_stop = CancelCheck(settings, lease, heartbeat)
     work = _work_dir(settings, lease, "validate")
-    names = _tenant_names(job)
+    names = tenant_names(job)
     try:
         _fresh(work, job_id)
         config = _config(settings, job)
         spec = ModelRegistry(settings.model_dir).get(job.model)
-        train_uri, val_uri = _data_uris(settings, job, work, should_stop)
-        names = _tenant_names(job, train_uri, val_uri)
+        train_uri, val_uri = data_uris(settings, job, work, should_stop)
+        names = tenant_names(job, train_uri, val_uri)
         train, val = load_train_val(
             train_uri,
             val_uri,
@@ -248,15 +157,6 @@ def _fresh(work: Path, job_id: str) -> None:
     for old in work.parent.glob(f"{job_id}-*"):
         shutil.rmtree(old, ignore_errors=True)
     work.mkdir(parents=True)
-
-
-def _tenant_names(job: JobSpec, *local: str | None) -> dict[str, str]:
-    """The tenant's names for the job's data (the file ids or URIs they gave), keyed by every spelling
-    messages may use: the name itself, and the local copy the loader read."""
-    refs = (job.training_file, job.validation_file)
-    names = {ref: ref for ref in refs if ref}
-    names.update({path: ref for path, ref in zip(local, refs, strict=False) if path and ref})
-    return names
 
 
 def _public(
@@ -320,7 +220,7 @@ def run_job(settings: Settings, job_id: str, publish: Publish) -> str:
         lease = state.claim(session, job_id)
         if lease is None:
             return "skipped"
-        job = state.job_spec(session, job_id)
+        job = job_spec(session, job_id)
         events.add_event(
             session,
             job_id,
@@ -345,11 +245,11 @@ def run_job(settings: Settings, job_id: str, publish: Publish) -> str:
         elif heartbeat.cancel.is_set():
             outcome = _settle(settings, lease, "error", "the job was cancelled", None, retry=True)
         else:
-            error = _public(settings, job, lease, exc, _tenant_names(job), work, f"attempt of {job_id}")
+            error = _public(settings, job, lease, exc, tenant_names(job), work, f"attempt of {job_id}")
             outcome = _settle(settings, lease, error.code, error.message, None, retry=True)
     except GrftError as exc:
         heartbeat.stop()
-        error = _public(settings, job, lease, exc, _tenant_names(job), work, f"attempt of {job_id}")
+        error = _public(settings, job, lease, exc, tenant_names(job), work, f"attempt of {job_id}")
         outcome = _settle(settings, lease, error.code, error.message, error.param)
     except Exception as exc:  # noqa: BLE001 - retried while attempts remain, then failed with code "error"
         heartbeat.stop()
@@ -360,7 +260,7 @@ def run_job(settings: Settings, job_id: str, publish: Publish) -> str:
             outcome = _hand_back(settings, lease)
         else:
             context = f"attempt {lease.attempt} of {job_id}"
-            error = _public(settings, job, lease, exc, _tenant_names(job), work, context)
+            error = _public(settings, job, lease, exc, tenant_names(job), work, context)
             outcome = _settle(settings, lease, error.code, error.message, None, retry=True)
     except BaseException:
         # Shutdown (SystemExit, KeyboardInterrupt): hand the job back rather than leave it running.
@@ -429,7 +329,7 @@ def _attempt(settings: Settings, job: JobSpec, lease: Lease, heartbeat: Heartbea
         store.get_folder(checkpoints_key(job.id), checkpoints)
     config = _config(settings, job)
     should_stop = CancelCheck(settings, lease, heartbeat)
-    train_uri, val_uri = _data_uris(settings, job, work / "data", should_stop)
+    train_uri, val_uri = data_uris(settings, job, work / "data", should_stop)
     reporter = JobReporter(settings, lease, store, heartbeat)
     reporter.announce_resume(checkpoints)
     out = work / "adapter"

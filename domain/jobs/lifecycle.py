@@ -25,7 +25,7 @@ from domain.jobs.events import add_event, clean_json
 from domain.jobs.states import TERMINAL, JobStatus, Trigger, next_status, sources
 
 # Through domain.models, every mapped class is registered before the first flush (foreign keys resolve).
-from domain.models import Adapter, File, Job, JobCheckpoint
+from domain.models import Adapter, Job, JobCheckpoint
 from domain.queue import RUN_JOB, VALIDATE_JOB
 
 Publish = Callable[[str, str], object]
@@ -48,43 +48,8 @@ class Lease:
     attempt: int
 
 
-@dataclass(frozen=True)
-class JobSpec:
-    """What a worker needs to know about a job, read once after the claim."""
-
-    id: str
-    tenant_id: str
-    model: str
-    training_file: str
-    validation_file: str | None
-    method: dict[str, Any]
-    seed: int
-    attempt: int
-    max_attempts: int
-
-
 class LeaseLost(Exception):
     """The job is no longer this worker's (re-queued, claimed elsewhere, or ended): stop writing."""
-
-
-def job_spec(session: Session, job_id: str) -> JobSpec:
-    job = session.get_one(Job, job_id)
-    return JobSpec(
-        id=job.id,
-        tenant_id=job.tenant_id,
-        model=job.model,
-        training_file=job.training_file,
-        validation_file=job.validation_file,
-        method=dict(job.method or {}),
-        seed=job.seed,
-        attempt=job.attempt,
-        max_attempts=job.max_attempts,
-    )
-
-
-def tenant_file(session: Session, tenant_id: str, file_id: str) -> File | None:
-    """An uploaded file of this tenant (another tenant's file is as good as missing)."""
-    return session.scalars(select(File).where(File.id == file_id, File.tenant_id == tenant_id)).first()
 
 
 # --- applying the table -----------------------------------------------------------------------------

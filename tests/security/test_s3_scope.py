@@ -24,7 +24,7 @@ from api.jobs.service import check_dataset
 from domain.settings import Settings
 from grft_core.data.loading import load_dataset, load_train_val
 from grft_core.errors import DatasetRejected
-from worker.runner import remote_copy
+from worker.datasets import remote_copy
 
 KEY, SECRET, REGION = "test-key", "test-secret", "us-east-1"
 

@@ -27,9 +27,10 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from domain.dataset_uris import check_dataset_uri
 from domain.settings import Settings
-from grft_core.data.loading import fetch_https, load_dataset, load_train_val
+from grft_core.data.fetch import fetch_https
+from grft_core.data.loading import load_dataset, load_train_val
 from grft_core.errors import DatasetRejected
-from worker.runner import remote_copy
+from worker.datasets import remote_copy
 
 HOST = "data.test"
 CSV = b"text,label\ngood movie,pos\nbad movie,neg\nfine film,pos\nawful film,neg\n"

@@ -1,13 +1,11 @@
-"""The ``grft`` command: the library's commands plus the service's ``serve``, ``worker``, ``db``, ``keys``.
+"""``grft serve`` and ``grft worker``: the API, its embedded worker (started, supervised, stopped), the
+``GRFT_HOME`` lock that keeps one home to one embedded worker, and the signal handling of ``serve``.
 
-``grft serve`` with no configuration is the embedded mode: SQLite and artifacts under ``GRFT_HOME``,
-and a worker subprocess fed through the filesystem broker. The worker is started by module name
-(``celery -A worker.celery_app``): the API never imports the worker.
+The worker is started by module name (``celery -A worker.celery_app``): the API never imports the worker.
 """
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import ipaddress
 import json
@@ -17,61 +15,26 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator, Mapping
-from datetime import datetime, timedelta
-from pathlib import Path
+from collections.abc import Mapping
 from types import FrameType
-from typing import IO, TYPE_CHECKING, Annotated, Any
+from typing import IO, Annotated, Any
 
 import typer
 
+from api.cli.common import fail
+from api.cli.db import upgrade_database
 from domain.queue import control_queue
 from domain.settings import Settings, get_settings
 from grft_core.cli import app, err_console
-from grft_core.cli import main as _core_main
-
-if TYPE_CHECKING:
-    from sqlalchemy.orm import Session
-
-    from domain.auth.keys import KeyInfo
 
 log = logging.getLogger(__name__)
 
-MIGRATIONS = Path(__file__).resolve().parents[1] / "migrations"
 # How long a stopping worker may finish its current step before it is killed; the job it held is
 # re-queued by the reconciler and resumes from its last checkpoint.
 WORKER_STOP_TIMEOUT_S = 10.0
 # The parent's pid, handed to a worker it starts: the worker stops when that process is gone
 # (read by ``worker.housekeeping``; the API never imports the worker, so the name is repeated).
 PARENT_PID_ENV = "GRFT_PARENT_PID"
-
-db_app = typer.Typer(no_args_is_help=True, help="The service database.")
-keys_app = typer.Typer(no_args_is_help=True, help="API keys.")
-app.add_typer(db_app, name="db")
-app.add_typer(keys_app, name="keys")
-
-
-def _fail(message: str) -> typer.Exit:
-    err_console.print(f"error: {message}", markup=False, highlight=False, soft_wrap=True)
-    return typer.Exit(code=2)
-
-
-# --- building blocks (also used by tests) -----------------------------------------------------------
-
-
-def upgrade_database(settings: Settings) -> None:
-    """``alembic upgrade head`` on ``settings.database_url`` (creating the SQLite folder if needed)."""
-    from alembic import command
-    from alembic.config import Config
-    from sqlalchemy.engine import make_url
-
-    url = make_url(settings.database_url)
-    if url.get_backend_name() == "sqlite" and url.database:
-        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
-    config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS))
-    config.attributes["url"] = settings.database_url
-    command.upgrade(config, "head")
 
 
 def worker_command(settings: Settings, *, control: bool = False) -> list[str]:
@@ -257,7 +220,7 @@ def serve(
     port = port or configured.port
     auth = (not configured.auth_disabled) if auth is None else auth
     if not auth and not is_loopback(host):
-        raise _fail(f"--no-auth is only allowed on a loopback address (127.0.0.1, ::1), not {host!r}")
+        raise fail(f"--no-auth is only allowed on a loopback address (127.0.0.1, ::1), not {host!r}")
     # This command's choices over the environment's; the app and the worker get them by argument.
     settings = Settings(host=host, port=port, auth_disabled=not auth)
     if not auth:
@@ -276,7 +239,7 @@ def serve(
         signals.server = server
         server.run()
     except HomeInUse as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     except _Stopped:
         pass
     finally:
@@ -305,147 +268,3 @@ def worker_cmd(
     settings.home.mkdir(parents=True, exist_ok=True)  # beat's schedule and the work folders live there
     command = worker_command(settings, control=control)
     os.execv(command[0], command)
-
-
-@db_app.command("upgrade")
-def db_upgrade() -> None:
-    """Apply the database migrations (alembic upgrade head)."""
-    settings = get_settings()
-    upgrade_database(settings)
-    typer.echo("database is at the latest schema")
-
-
-# --- keys: building blocks (settings by argument) and commands (Settings() built once) ---------------
-
-KEY_MAX_DAYS = 3650
-
-
-@contextlib.contextmanager
-def _key_database(settings: Settings) -> Iterator[Session]:
-    """A unit of work on the keys; a database without the schema, or a missing key or tenant, ends the
-    command with one ``error:`` line."""
-    from sqlalchemy.exc import OperationalError, ProgrammingError
-
-    from domain.db import session_scope
-    from domain.errors import NotFound
-
-    try:
-        with session_scope(settings.database_url) as session:
-            yield session
-    except (OperationalError, ProgrammingError) as exc:
-        raise _fail(f"cannot use the key table ({exc.orig}); run 'grft db upgrade' first?") from exc
-    except NotFound as exc:
-        raise _fail(exc.message) from exc
-
-
-def create_api_key(
-    settings: Settings,
-    tenant: str,
-    *,
-    name: str | None = None,
-    expires_in_days: int | None = None,
-    now: datetime | None = None,
-) -> tuple[KeyInfo, str]:
-    """A new key for ``tenant`` (created if new): its listing and the key in clear (shown once)."""
-    from domain.auth.keys import KeyInfo, issue_key
-    from domain.db import utcnow
-
-    now = now or utcnow()
-    expires_at = now + timedelta(days=expires_in_days) if expires_in_days is not None else None
-    with _key_database(settings) as session:
-        row, key = issue_key(session, tenant, name=name, expires_at=expires_at)
-        return KeyInfo.of(row, tenant), key
-
-
-def list_api_keys(settings: Settings, tenant: str | None = None) -> list[KeyInfo]:
-    from domain.auth.keys import list_keys
-
-    with _key_database(settings) as session:
-        return list_keys(session, tenant)
-
-
-def revoke_api_key(settings: Settings, key_id: str) -> tuple[KeyInfo, bool]:
-    """Revoke a key; returns it and whether this call revoked it (False: it already was)."""
-    from domain.auth.keys import revoke_key
-
-    with _key_database(settings) as session:
-        return revoke_key(session, key_id)
-
-
-def _when(moment: datetime | None) -> str:
-    return moment.strftime("%Y-%m-%d %H:%M") if moment is not None else "-"
-
-
-def keys_table(keys: list[KeyInfo], now: datetime) -> str:
-    """The keys as aligned text columns (times in UTC)."""
-    header = ("id", "name", "tenant", "prefix", "created", "expires", "last used", "revoked")
-    rows = [header]
-    for k in keys:
-        expires = _when(k.expires_at)
-        if k.status(now) == "expired":
-            expires += " (expired)"
-        row = (k.id, k.name or "-", k.tenant, k.prefix, _when(k.created_at), expires,
-               _when(k.last_used_at), _when(k.revoked_at))  # fmt: skip
-        rows.append(row)
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
-
-
-@keys_app.command("create")
-def keys_create(
-    tenant: Annotated[str, typer.Option(help="Tenant name (created if new).")],
-    name: Annotated[str | None, typer.Option(help="What the key is for, shown by 'keys list'.")] = None,
-    expires_in_days: Annotated[
-        int | None,
-        typer.Option(min=1, max=KEY_MAX_DAYS, help="Days until the key stops working (default: never)."),
-    ] = None,
-) -> None:
-    """Create an API key for TENANT; the key is printed once, on the last line."""
-    if not 0 < len(tenant) <= 128:
-        raise _fail("--tenant takes 1 to 128 characters")
-    if name is not None and not 0 < len(name) <= 128:
-        raise _fail("--name takes 1 to 128 characters")
-    settings = Settings()
-    info, key = create_api_key(settings, tenant, name=name, expires_in_days=expires_in_days)
-    until = f", valid until {_when(info.expires_at)} UTC" if info.expires_at is not None else ""
-    typer.echo(f"created API key {info.id} for tenant {tenant!r}{until}; it is shown only this once:")
-    typer.echo(key)
-
-
-@keys_app.command("list")
-def keys_list(
-    tenant: Annotated[str | None, typer.Option(help="Only this tenant's keys.")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="One JSON array (times in ISO 8601, UTC).")] = False,
-) -> None:
-    """List API keys (never the keys themselves: their first characters, PREFIX)."""
-    from domain.db import utcnow
-
-    settings = Settings()
-    keys = list_api_keys(settings, tenant)
-    now = utcnow()
-    if as_json:
-        typer.echo(json.dumps([k.to_dict(now) for k in keys], indent=2))
-    elif keys:
-        typer.echo(keys_table(keys, now))
-    else:
-        typer.echo("no API keys" + (f" for tenant {tenant!r}" if tenant else ""))
-
-
-@keys_app.command("revoke")
-def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key's id (see 'grft keys list').")]) -> None:
-    """Revoke an API key: requests with it answer 401 from now on."""
-    settings = Settings()
-    info, revoked = revoke_api_key(settings, key_id)
-    if revoked:
-        typer.echo(f"revoked API key {info.id} ({info.prefix}…) of tenant {info.tenant!r}")
-    else:
-        typer.echo(f"API key {info.id} was already revoked on {_when(info.revoked_at)} UTC")
-
-
-def main(argv: list[str] | None = None) -> None:
-    """Console entry point (``grft``)."""
-    _core_main(argv)
-
-
-if __name__ == "__main__":
-    main()

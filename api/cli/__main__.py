@@ -1,0 +1,5 @@
+"""``python -m api.cli``: the ``grft`` command."""
+
+from api.cli import main
+
+main()
