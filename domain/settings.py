@@ -95,7 +95,7 @@ class Settings(BaseSettings):
     # two processes each spinning one thread per core slow each other down many times over.
     torch_threads: int = Field(default=0, ge=0, le=1024)
     # Resource bounds on what one input may make a process hold (DESIGN §7). The defaults are the
-    # library's (grft_core.data.formats.DEFAULT_*), written out so that reading settings imports no torch.
+    # library's (grft_core.data.limits.DEFAULT_*), written out so that reading settings imports no torch.
     # Pixels per image, read from the header before decoding (training data and predict inputs).
     max_image_pixels: int = Field(default=25_000_000, ge=1)
     # Characters per text item (a dataset row or a predict input).

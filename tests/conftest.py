@@ -5,7 +5,8 @@ from __future__ import annotations
 import gc
 import os
 import random
-from collections.abc import Iterator
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -83,3 +84,42 @@ def make_texts(n: int, num_classes: int = 3, seed: int = 0) -> tuple[list[str], 
         items.append(" ".join(words))
         labels.append(label)
     return items, labels
+
+
+def stack_names() -> set[str]:
+    """The names of the functions on the caller's stack."""
+    names, frame = set(), sys._getframe(1)
+    while frame is not None:
+        names.add(frame.f_code.co_name)
+        frame = frame.f_back  # type: ignore[assignment]
+    return names
+
+
+def call_main(
+    main: Callable[[list[str]], object], capsys: pytest.CaptureFixture[str], *args: str
+) -> tuple[int, str, str]:
+    """Run a command-line ``main`` in-process and return (exit status, stdout, stderr)."""
+    try:
+        main(list(args))
+        code = 0
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def insert_tenant_job(settings: Any, tenant_prefix: str, **fields: Any) -> str:
+    """A job (``fields``: its columns) of a new tenant named ``<tenant_prefix>-<job id>``, enqueued now and
+    committed straight to ``settings.database_url``, as the API would have committed it."""
+    from domain.auth.models import Tenant
+    from domain.db import session_scope, utcnow
+    from domain.ids import new_id
+    from domain.jobs.models import Job
+
+    job_id = new_id("ftjob")
+    with session_scope(settings.database_url) as session:
+        tenant = Tenant(id=new_id("tenant"), name=f"{tenant_prefix}-{job_id}")
+        session.add(tenant)
+        session.flush()
+        session.add(Job(id=job_id, tenant_id=tenant.id, enqueued_at=utcnow(), **fields))
+    return job_id

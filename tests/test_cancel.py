@@ -10,7 +10,6 @@ import csv
 import http.server
 import io
 import json
-import sys
 import tarfile
 import threading
 import traceback
@@ -30,7 +29,7 @@ from grft_core.method.batching import BatchSource
 from grft_core.method.config import GRFTConfig
 from grft_core.method.setup import compute_selection
 from grft_core.pipeline import train_to_folder
-from tests.conftest import make_texts
+from tests.conftest import make_texts, stack_names
 
 LABELS = ["sport", "business", "arts"]
 
@@ -45,18 +44,9 @@ class StopAfter:
     def __call__(self) -> bool:
         self.calls += 1
         if self.calls > self.n:
-            self.stopped_in = _frames()
+            self.stopped_in = stack_names()
             return True
         return False
-
-
-def _frames() -> set[str]:
-    """The names of the functions on the caller's stack."""
-    names, frame = set(), sys._getframe(1)
-    while frame is not None:
-        names.add(frame.f_code.co_name)
-        frame = frame.f_back  # type: ignore[assignment]
-    return names
 
 
 def raised_in(info: pytest.ExceptionInfo[TrainingInterrupted]) -> set[str]:
@@ -255,7 +245,7 @@ class TestTrainToFolder:
         phases: list[set[str]] = []
 
         def never() -> bool:
-            phases.append(_frames())
+            phases.append(stack_names())
             return False
 
         train_to_folder(
@@ -277,7 +267,7 @@ class TestTrainToFolder:
             nonlocal calls_after, asked
             if asked:
                 calls_after += 1
-            asked = asked or phase in _frames()
+            asked = asked or phase in stack_names()
             return asked
 
         out = tmp_path / "adapter"

@@ -16,6 +16,7 @@ from safetensors.torch import save_file
 from grft_core.cli import app, main
 from grft_core.data.samples import digits_image_folder
 from grft_core.method.config import GRFTConfig
+from tests.conftest import call_main
 
 
 def run_cli(*args: str, env_dir: Path) -> subprocess.CompletedProcess[str]:
@@ -27,13 +28,7 @@ def run_cli(*args: str, env_dir: Path) -> subprocess.CompletedProcess[str]:
 
 def call(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
     """Run the CLI in-process (fast) and return (exit status, stdout, stderr)."""
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out = capsys.readouterr()
-    return code, out.out, out.err
+    return call_main(main, capsys, *args)
 
 
 @pytest.fixture(scope="module")

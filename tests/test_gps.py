@@ -164,7 +164,8 @@ def test_fit_trains_only_the_chosen_entries_and_the_adapter_reproduces_it(vit_se
 
     tensors = adapter_tensors(model, "gps", base_state, selection.indices)
     assert not any(".grft_" in k for k in tensors)
-    folder = save_adapter(tmp_path / "adapter", tensors, {"method": "gps"}, fp16=False)
+    config = {"method": "gps", "base_model": "tiny-vit", "labels": ["a", "b"]}
+    folder = save_adapter(tmp_path / "adapter", tensors, config, fp16=False)
     fresh = copy.deepcopy(base)
     apply_adapter(fresh, load_adapter(folder), check_fingerprint=False)
     model.eval()

@@ -30,33 +30,6 @@ JOBS = "/v1/fine_tuning/jobs"
 GRFT = {"type": "grft", "grft": {"hyperparameters": {"k": 2, "n_epochs": 1}}}
 
 
-def finished_job(db: Session, settings: Settings, tmp_path: Path, status: str, tenant: str = "acme") -> Job:
-    """A job in ``status`` with two events and two checkpoints, rows and folders in the store."""
-    owner = tenant_by_name(db, tenant)
-    assert owner is not None
-    job = Job(
-        id=new_id("ftjob"),
-        tenant_id=owner.id,
-        model="tiny-cnn",
-        training_file="file-x",
-        status=status,
-        finished_at=utcnow() if status in TERMINAL else None,
-    )
-    db.add(job)
-    db.flush()
-    store = ArtifactStore(settings.artifact_url)
-    for step in (2, 4):
-        folder = tmp_path / job.id / f"step-{step:06d}"
-        folder.mkdir(parents=True)
-        (folder / "state.json").write_text(f'{{"step": {step}}}')
-        (folder / "weights.safetensors").write_bytes(b"\0" * 64)
-        uri = store.put_folder(f"{checkpoints_key(job.id)}/{folder.name}", folder)
-        db.add(JobCheckpoint(id=new_id("ftckpt"), job_id=job.id, step=step, uri=uri))
-        db.add(JobEvent(id=new_id("ftevent"), job_id=job.id, message=f"Checkpoint saved at step {step}"))
-    db.commit()
-    return job
-
-
 def rows(db: Session, model: Any, job_id: str) -> int:
     column = model.id if model is Job else model.job_id
     return int(db.scalar(select(func.count()).select_from(model).where(column == job_id)) or 0)
@@ -67,6 +40,49 @@ def store(settings: Settings) -> ArtifactStore:
     return ArtifactStore(settings.artifact_url)
 
 
+class StoredJobs:
+    """Jobs written straight to the test's database and artifact store, and what is left of them."""
+
+    def __init__(self, db: Session, store: ArtifactStore, tmp_path: Path) -> None:
+        self.db, self.store, self.tmp_path = db, store, tmp_path
+
+    def finished(self, status: str, tenant: str = "acme") -> Job:
+        """A job in ``status`` with two events and two checkpoints, rows and folders in the store."""
+        owner = tenant_by_name(self.db, tenant)
+        assert owner is not None
+        job = Job(
+            id=new_id("ftjob"),
+            tenant_id=owner.id,
+            model="tiny-cnn",
+            training_file="file-x",
+            status=status,
+            finished_at=utcnow() if status in TERMINAL else None,
+        )
+        self.db.add(job)
+        self.db.flush()
+        for step in (2, 4):
+            folder = self.tmp_path / job.id / f"step-{step:06d}"
+            folder.mkdir(parents=True)
+            (folder / "state.json").write_text(f'{{"step": {step}}}')
+            (folder / "weights.safetensors").write_bytes(b"\0" * 64)
+            uri = self.store.put_folder(f"{checkpoints_key(job.id)}/{folder.name}", folder)
+            self.db.add(JobCheckpoint(id=new_id("ftckpt"), job_id=job.id, step=step, uri=uri))
+            self.db.add(
+                JobEvent(id=new_id("ftevent"), job_id=job.id, message=f"Checkpoint saved at step {step}")
+            )
+        self.db.commit()
+        return job
+
+    def rows(self, job_id: str) -> list[int]:
+        """How many rows of the job, its events and its checkpoints remain."""
+        return [rows(self.db, model, job_id) for model in (Job, JobEvent, JobCheckpoint)]
+
+
+@pytest.fixture
+def jobs(db: Session, store: ArtifactStore, tmp_path: Path) -> StoredJobs:
+    return StoredJobs(db, store, tmp_path)
+
+
 class TestDeleteJob:
     def test_succeeded_job_goes_with_its_adapter(
         self,
@@ -75,16 +91,16 @@ class TestDeleteJob:
         db: Session,
         settings: Settings,
         store: ArtifactStore,
-        tmp_path: Path,
+        jobs: StoredJobs,
         cnn10: Path,
         other_key: str,
         app: Any,
     ) -> None:
-        job = finished_job(db, settings, tmp_path, JobStatus.SUCCEEDED)
+        job = jobs.finished(JobStatus.SUCCEEDED)
         adapter = store_adapter(db, settings, cnn10, job_id=job.id)
         job.adapter_id = adapter.id
         db.commit()
-        kept = finished_job(db, settings, tmp_path, JobStatus.SUCCEEDED)
+        kept = jobs.finished(JobStatus.SUCCEEDED)
         assert predict(client, adapter.id, [{"image": b64(png())}], auth).status_code == 200
         inference: InferenceService = app.state.services.inference
         assert inference.cached_ids() == [adapter.id]
@@ -98,7 +114,7 @@ class TestDeleteJob:
             "deleted": True,
             "adapter_id": adapter.id,
         }
-        assert [rows(db, m, job.id) for m in (Job, JobEvent, JobCheckpoint)] == [0, 0, 0]
+        assert jobs.rows(job.id) == [0, 0, 0]
         assert db.scalar(select(func.count()).select_from(Adapter).where(Adapter.id == adapter.id)) == 0
         assert not store.exists(job_key(job.id))
         assert not store.exists(f"adapters/{adapter.id}")
@@ -107,34 +123,25 @@ class TestDeleteJob:
         assert client.get(f"{JOBS}/{job.id}", headers=auth).status_code == 404
         assert client.get(f"/v1/adapters/{adapter.id}", headers=auth).status_code == 404
         # The tenant's other job is untouched.
-        assert [rows(db, m, kept.id) for m in (Job, JobEvent, JobCheckpoint)] == [1, 2, 2]
+        assert jobs.rows(kept.id) == [1, 2, 2]
         assert store.exists(f"{checkpoints_key(kept.id)}/step-000004/state.json")
 
     @pytest.mark.parametrize("status", [JobStatus.FAILED, JobStatus.CANCELLED])
     def test_failed_or_cancelled_job(
-        self,
-        client: TestClient,
-        auth: Auth,
-        db: Session,
-        settings: Settings,
-        store: ArtifactStore,
-        tmp_path: Path,
-        status: str,
+        self, client: TestClient, auth: Auth, jobs: StoredJobs, status: str
     ) -> None:
-        job = finished_job(db, settings, tmp_path, status)
-        assert store.exists(checkpoints_key(job.id))
+        job = jobs.finished(status)
+        assert jobs.store.exists(checkpoints_key(job.id))
 
         response = client.delete(f"{JOBS}/{job.id}", headers=auth)
 
         assert response.status_code == 200
         assert response.json()["adapter_id"] is None
-        assert [rows(db, m, job.id) for m in (Job, JobEvent, JobCheckpoint)] == [0, 0, 0]
-        assert not store.exists(job_key(job.id))
+        assert jobs.rows(job.id) == [0, 0, 0]
+        assert not jobs.store.exists(job_key(job.id))
 
-    def test_twice_is_404(
-        self, client: TestClient, auth: Auth, db: Session, settings: Settings, tmp_path: Path
-    ) -> None:
-        job = finished_job(db, settings, tmp_path, JobStatus.FAILED)
+    def test_twice_is_404(self, client: TestClient, auth: Auth, jobs: StoredJobs) -> None:
+        job = jobs.finished(JobStatus.FAILED)
         assert client.delete(f"{JOBS}/{job.id}", headers=auth).status_code == 200
 
         response = client.delete(f"{JOBS}/{job.id}", headers=auth)
@@ -144,16 +151,9 @@ class TestDeleteJob:
 
     @pytest.mark.parametrize("status", UNFINISHED)
     def test_unfinished_job_is_409(
-        self,
-        client: TestClient,
-        auth: Auth,
-        db: Session,
-        settings: Settings,
-        store: ArtifactStore,
-        tmp_path: Path,
-        status: str,
+        self, client: TestClient, auth: Auth, jobs: StoredJobs, status: str
     ) -> None:
-        job = finished_job(db, settings, tmp_path, status)
+        job = jobs.finished(status)
 
         response = client.delete(f"{JOBS}/{job.id}", headers=auth)
 
@@ -161,44 +161,27 @@ class TestDeleteJob:
         error = response.json()["error"]
         assert error["code"] == "job_not_finished"
         assert f"is {status}" in error["message"]
-        assert [rows(db, m, job.id) for m in (Job, JobEvent, JobCheckpoint)] == [1, 2, 2]
-        assert store.exists(f"{checkpoints_key(job.id)}/step-000002/state.json")
+        assert jobs.rows(job.id) == [1, 2, 2]
+        assert jobs.store.exists(f"{checkpoints_key(job.id)}/step-000002/state.json")
 
-    def test_anonymous(
-        self,
-        client: TestClient,
-        auth: Auth,
-        db: Session,
-        settings: Settings,
-        store: ArtifactStore,
-        tmp_path: Path,
-    ) -> None:
-        job = finished_job(db, settings, tmp_path, JobStatus.FAILED)
+    def test_anonymous(self, client: TestClient, auth: Auth, db: Session, jobs: StoredJobs) -> None:
+        job = jobs.finished(JobStatus.FAILED)
 
         response = client.delete(f"{JOBS}/{job.id}")
 
         assert response.status_code == 401
         assert rows(db, Job, job.id) == 1
-        assert store.exists(checkpoints_key(job.id))
+        assert jobs.store.exists(checkpoints_key(job.id))
 
-    def test_other_tenant(
-        self,
-        client: TestClient,
-        auth: Auth,
-        other_auth: Auth,
-        db: Session,
-        settings: Settings,
-        store: ArtifactStore,
-        tmp_path: Path,
-    ) -> None:
-        job = finished_job(db, settings, tmp_path, JobStatus.FAILED)
+    def test_other_tenant(self, client: TestClient, auth: Auth, other_auth: Auth, jobs: StoredJobs) -> None:
+        job = jobs.finished(JobStatus.FAILED)
 
         response = client.delete(f"{JOBS}/{job.id}", headers=other_auth)
 
         assert response.status_code == 404
         assert response.json()["error"]["code"] == "not_found"
-        assert [rows(db, m, job.id) for m in (Job, JobEvent, JobCheckpoint)] == [1, 2, 2]
-        assert store.exists(checkpoints_key(job.id))
+        assert jobs.rows(job.id) == [1, 2, 2]
+        assert jobs.store.exists(checkpoints_key(job.id))
         assert client.get(f"{JOBS}/{job.id}", headers=auth).status_code == 200
 
 

@@ -20,6 +20,7 @@ from domain.auth.models import ApiKey
 from domain.db import get_engine, session_scope
 from domain.errors import ApiKeyExpired, ApiKeyRevoked, Unauthorized
 from domain.settings import Settings, get_settings
+from tests.conftest import call_main
 
 JOBS = "/v1/fine_tuning/jobs"
 
@@ -46,13 +47,8 @@ def migrated(home: Path, capsys: pytest.CaptureFixture[str]) -> Path:
 
 
 def call(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out = capsys.readouterr()
-    return code, out.out, out.err
+    """Run ``grft`` in-process and return (exit status, stdout, stderr)."""
+    return call_main(main, capsys, *args)
 
 
 def create(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[str, str]:

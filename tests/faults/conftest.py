@@ -30,15 +30,14 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import OperationalError
 
 from api.cli import worker_env
-from domain.auth.models import Tenant
-from domain.db import session_scope, utcnow
-from domain.ids import new_id
+from domain.db import session_scope
 from domain.jobs.models import Job, JobCheckpoint, JobEvent
 from domain.models import Adapter
 from domain.settings import Settings
 from grft_core.data.samples import digits_image_folder
 from grft_core.method.config import GRFTConfig
 from grft_core.models.registry import ModelRegistry
+from tests.conftest import insert_tenant_job
 from tests.postgres import fresh_database
 
 log = logging.getLogger(__name__)
@@ -187,24 +186,15 @@ def digits_uri(settings: Settings) -> str:
 
 def insert_job(settings: Settings, job_method: dict[str, Any], status: str = "validating_files") -> str:
     """A job of a new tenant on ``tiny-cnn`` and the digits, as the API would have committed it."""
-    job_id = new_id("ftjob")
-    with session_scope(settings.database_url) as session:
-        tenant = Tenant(id=new_id("tenant"), name=f"faults-{job_id}")
-        session.add(tenant)
-        session.flush()
-        session.add(
-            Job(
-                id=job_id,
-                tenant_id=tenant.id,
-                model="tiny-cnn",
-                training_file=digits_uri(settings),
-                method=job_method,
-                status=status,
-                max_attempts=settings.max_attempts,
-                enqueued_at=utcnow(),
-            )
-        )
-    return job_id
+    return insert_tenant_job(
+        settings,
+        "faults",
+        model="tiny-cnn",
+        training_file=digits_uri(settings),
+        method=job_method,
+        status=status,
+        max_attempts=settings.max_attempts,
+    )
 
 
 def get_job(settings: Settings, job_id: str) -> Job:

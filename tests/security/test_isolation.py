@@ -23,9 +23,9 @@ from sqlalchemy.orm import Session
 
 from domain.jobs.models import JobCheckpoint
 from tests.api.conftest import REDIS_URL
+from tests.api.jobs.helpers import create as create_job
 from tests.api.test_files import upload
 from tests.api.test_inference import b64, png
-from tests.api.test_jobs import create as create_job
 
 Auth = dict[str, str]
 PARAM = re.compile(r"{([^}:]+)(?::[^}]*)?}")

@@ -141,3 +141,17 @@ def get_job(settings: Settings, job_id: str) -> Job:
         job = session.get_one(Job, job_id)
         session.expunge(job)
     return job
+
+
+Sent = list[tuple[str, str]]
+
+
+@pytest.fixture
+def sent(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Sent:
+    """Run the tasks with the test's settings; record what they publish instead of sending it."""
+    from worker import tasks
+
+    published: Sent = []
+    monkeypatch.setattr(tasks, "_settings", lambda: settings)
+    monkeypatch.setattr(tasks, "_publish", lambda name, job_id: published.append((name, job_id)))
+    return published

@@ -17,17 +17,10 @@ import pytest
 from domain.db import session_scope
 from domain.jobs import lifecycle
 from domain.settings import Settings
-from tests.worker.conftest import METHOD, MakeJob, get_job, write_csv
-from tests.worker.test_runner import Sent, job_events
+from tests.conftest import stack_names
+from tests.worker.conftest import METHOD, MakeJob, Sent, get_job, write_csv
+from tests.worker.test_runner import job_events
 from worker import progress, runner, tasks
-
-
-def _frames() -> set[str]:
-    names, frame = set(), sys._getframe(1)
-    while frame is not None:
-        names.add(frame.f_code.co_name)
-        frame = frame.f_back  # type: ignore[assignment]
-    return names
 
 
 class CancelIn:
@@ -52,7 +45,7 @@ class CancelIn:
 
         class Check(progress.CancelCheck):
             def __call__(self) -> bool:
-                if hook.cancelled_at is None and hook.phase in _frames():
+                if hook.cancelled_at is None and hook.phase in stack_names():
                     hook.seen += 1
                 if hook.cancelled_at is None and hook.seen >= hook.after:
                     with session_scope(hook.settings.database_url) as session:
@@ -65,7 +58,7 @@ class CancelIn:
                 stop = super().__call__()
                 if stop and hook.noticed_at is None:
                     hook.noticed_at = time.monotonic()
-                    hook.stopped_in = _frames()
+                    hook.stopped_in = stack_names()
                 return stop
 
         monkeypatch.setattr(runner, "CancelCheck", Check)
@@ -75,14 +68,6 @@ class CancelIn:
         assert self.cancelled_at is not None
         assert self.noticed_at is not None
         return self.noticed_at - self.cancelled_at
-
-
-@pytest.fixture
-def sent(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Sent:
-    published: Sent = []
-    monkeypatch.setattr(tasks, "_settings", lambda: settings)
-    monkeypatch.setattr(tasks, "_publish", lambda name, job_id: published.append((name, job_id)))
-    return published
 
 
 def _report(name: str, value: float) -> None:

@@ -19,6 +19,7 @@ from api.cli import is_loopback, lock_home, main, worker_command, worker_env
 from domain.auth.keys import authenticate
 from domain.db import get_engine, session_scope
 from domain.settings import Settings, get_settings
+from tests.conftest import call_main
 from tests.worker.conftest import REDIS_URL
 
 
@@ -35,13 +36,8 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
 
 
 def call(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out = capsys.readouterr()
-    return code, out.out, out.err
+    """Run ``grft`` in-process and return (exit status, stdout, stderr)."""
+    return call_main(main, capsys, *args)
 
 
 class TestKeys:

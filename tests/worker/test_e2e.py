@@ -18,12 +18,11 @@ from celery import Celery
 from sqlalchemy import select
 
 from api.cli import start_worker, stop_worker, upgrade_database
-from domain.auth.models import Tenant
-from domain.db import get_engine, session_scope, utcnow
-from domain.ids import new_id
+from domain.db import get_engine, session_scope
 from domain.jobs.models import Job, JobCheckpoint, JobEvent
 from domain.queue import VALIDATE_JOB, publish
 from domain.settings import Settings
+from tests.conftest import insert_tenant_job
 from tests.worker.conftest import METHOD, REDIS_URL, write_csv
 from worker import reconcile as reconciler
 
@@ -53,23 +52,14 @@ def worker_env(settings: Settings) -> dict[str, str]:
 
 
 def insert_job(settings: Settings, training_file: str, method: dict[str, Any] = METHOD) -> str:
-    job_id = new_id("ftjob")
-    with session_scope(settings.database_url) as session:
-        tenant = Tenant(id=new_id("tenant"), name=f"e2e-{job_id}")
-        session.add(tenant)
-        session.flush()
-        session.add(
-            Job(
-                id=job_id,
-                tenant_id=tenant.id,
-                model="tiny-bert",
-                training_file=training_file,
-                method=method,
-                status="validating_files",
-                enqueued_at=utcnow(),
-            )
-        )
-    return job_id
+    return insert_tenant_job(
+        settings,
+        "e2e",
+        model="tiny-bert",
+        training_file=training_file,
+        method=method,
+        status="validating_files",
+    )
 
 
 def wait_for_end(settings: Settings, job_id: str, worker: subprocess.Popen[bytes], log: Path) -> Job:

@@ -14,8 +14,8 @@ from sqlalchemy.exc import OperationalError, ProgrammingError
 
 from domain.settings import Settings
 from grft_core.errors import DatasetRejected
-from tests.worker.conftest import MakeJob, get_job
-from tests.worker.test_runner import Sent, job_events
+from tests.worker.conftest import MakeJob, Sent, get_job
+from tests.worker.test_runner import job_events
 from worker import runner, tasks
 from worker.errors import public_error
 
@@ -131,14 +131,6 @@ class Raise:
         assert token
         self.token = token
         raise self.make(token)
-
-
-@pytest.fixture
-def sent(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Sent:
-    published: Sent = []
-    monkeypatch.setattr(tasks, "_settings", lambda: settings)
-    monkeypatch.setattr(tasks, "_publish", lambda name, job_id: published.append((name, job_id)))
-    return published
 
 
 class TestRecordedErrors:

@@ -15,19 +15,8 @@ from domain.queue import RUN_JOB
 from domain.settings import Settings
 from grft_core.method.trainer import StepInfo
 from grft_core.pipeline import train_to_folder
-from tests.worker.conftest import MakeJob, get_job, set_job, upload, write_csv
+from tests.worker.conftest import MakeJob, Sent, get_job, set_job, upload, write_csv
 from worker import progress, runner, tasks
-
-Sent = list[tuple[str, str]]
-
-
-@pytest.fixture
-def sent(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Sent:
-    """Run the tasks with the test's settings; record what they publish instead of sending it."""
-    published: Sent = []
-    monkeypatch.setattr(tasks, "_settings", lambda: settings)
-    monkeypatch.setattr(tasks, "_publish", lambda name, job_id: published.append((name, job_id)))
-    return published
 
 
 class Inject:

@@ -1,0 +1,58 @@
+"""``GET /v1/fine_tuning/jobs/{id}/checkpoints`` and ``…/metrics``: checkpoints latest step first, and the
+metric series built from the job's metric events."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from fastapi.testclient import TestClient
+from sqlalchemy.orm import Session
+
+from domain.jobs.models import JobCheckpoint
+from tests.api.jobs.helpers import Auth, add_events
+
+
+class TestCheckpoints:
+    def test_pages_latest_step_first(self, client: TestClient, auth: Auth, job_id: str, db: Session) -> None:
+        base = datetime.now(UTC)
+        for i, step in enumerate((50, 100, 150)):
+            db.add(
+                JobCheckpoint(
+                    id=f"ckpt-{step}", job_id=job_id, step=step, uri=f"file:///c/{step}",
+                    metrics={"train_loss": 1.0 / step}, created_at=base + timedelta(seconds=i),
+                )
+            )  # fmt: skip
+        db.commit()
+        url = f"/v1/fine_tuning/jobs/{job_id}/checkpoints"
+
+        first = client.get(url, headers=auth, params={"limit": 2}).json()
+        rest = client.get(url, headers=auth, params={"after": first["last_id"]}).json()
+
+        assert [c["step_number"] for c in first["data"]] == [150, 100]
+        assert first["has_more"] is True
+        assert [c["step_number"] for c in rest["data"]] == [50]
+        assert rest["has_more"] is False
+        checkpoint = first["data"][0]
+        assert checkpoint["object"] == "fine_tuning.job.checkpoint"
+        assert checkpoint["fine_tuned_model_checkpoint"] == f"{job_id}:ckpt-step-150"
+        assert checkpoint["metrics"] == {"step": 150, "train_loss": 1.0 / 150}
+
+
+class TestMetrics:
+    def test_series_from_metric_events(
+        self, client: TestClient, auth: Auth, job_id: str, db: Session
+    ) -> None:
+        add_events(
+            db, job_id,
+            ("metrics", {"step": 1, "train_loss": 0.9, "lr": 0.001}),
+            ("message", {"train_loss": 123.0}),
+            ("metrics", {"step": 2, "train_loss": 0.7, "lr": 0.002}),
+            ("metrics", {"epoch": 1, "val_accuracy": 0.8, "val_loss": 0.6}),
+        )  # fmt: skip
+
+        metrics = client.get(f"/v1/fine_tuning/jobs/{job_id}/metrics", headers=auth).json()
+
+        assert metrics["train_loss"] == [{"step": 1, "value": 0.9}, {"step": 2, "value": 0.7}]
+        assert metrics["lr"] == [{"step": 1, "value": 0.001}, {"step": 2, "value": 0.002}]
+        assert metrics["val_accuracy"] == [{"epoch": 1, "value": 0.8}]
+        assert metrics["val_loss"] == [{"epoch": 1, "value": 0.6}]
