@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -23,12 +24,21 @@ from domain.ids import new_id
 from domain.jobs.models import Job, JobCheckpoint
 from domain.jobs.states import JobStatus
 from domain.settings import Settings
+from tests.postgres import fresh_database
 from tests.worker.conftest import MakeJob, get_job
 from worker import reconcile as reconciler
 from worker import tasks
 
 NOW = utcnow()
 HOUR = timedelta(hours=1)
+
+
+@pytest.fixture(scope="module")
+def database_url() -> Iterator[str]:
+    """A database of this module's own: a collection sweeps every tenant's finished jobs, so jobs that
+    other test modules left in the shared worker database would be swept (and counted) too."""
+    with fresh_database("grft_gc") as url:
+        yield url
 
 
 @pytest.fixture
