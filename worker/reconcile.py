@@ -68,7 +68,10 @@ def collect(settings: Settings) -> Collected | None:
 def reconcile_forever(settings: Settings, publish: Publish, stop: threading.Event) -> None:
     """Run ``reconcile`` now and then every ``reconcile_seconds``, and ``collect`` every ``gc_seconds``,
     until ``stop`` is set."""
-    next_gc = time.monotonic()
+    # The first collection falls somewhere in the first period, not at start-up: workers that start
+    # together (a deploy) would otherwise each scan the artifact store at once, and a restart loop would
+    # scan it on every start.
+    next_gc = time.monotonic() + settings.gc_seconds * random.random()  # noqa: S311 - not security
     while True:
         try:
             reconcile(settings, publish)

@@ -311,6 +311,7 @@ class TestPeriodic:
 
     def test_the_reconciler_thread_collects(self, settings: Settings, store: ArtifactStore) -> None:
         settings.temp_ttl_hours = 1
+        settings.gc_seconds = 2  # the first collection falls within the first period
         stale = write_folder(Path(store.path("tmp")), {"0a1b": b"half an upload"}) / "0a1b"
         age(stale, 2 * HOUR)
         stop = threading.Event()
