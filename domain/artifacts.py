@@ -10,6 +10,7 @@ or left by a process that died mid-write: ``domain.gc`` removes old ones).
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import posixpath
 import uuid
@@ -23,6 +24,7 @@ import fsspec
 from domain.errors import PayloadTooLarge
 
 CHUNK = 1024 * 1024
+_DELETE_ATTEMPTS = 50
 TMP = "tmp"
 JOBS = "jobs"
 
@@ -123,14 +125,20 @@ class ArtifactStore:
     def delete(self, key: str) -> None:
         """Remove ``key`` (a file or a folder) if it is there; safe to race with another deleter."""
         path = self.path(key)
-        for _ in range(3):
+        # Two recursive removals of one tree trip over each other: one finds a file the other just
+        # removed (ENOENT), or a folder the other is still emptying (ENOTEMPTY). Each retry starts
+        # from what is left, so the tree shrinks every round; a persistent error is a real one.
+        for _ in range(_DELETE_ATTEMPTS):
             try:
                 if not self.fs.exists(path):
                     return
                 self.fs.rm(path, recursive=True)
                 return
             except FileNotFoundError:
-                continue  # someone else removed part of it first: look again
+                continue
+            except OSError as exc:
+                if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise
         if self.fs.exists(path):
             raise OSError(f"could not remove {self.uri(key)}")
 
