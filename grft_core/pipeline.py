@@ -34,6 +34,8 @@ from grft_core.method.batching import BatchSource
 from grft_core.method.config import GRFTConfig
 from grft_core.method.evaluation import evaluate
 from grft_core.method.trainer import TrainResult, fit
+from grft_core.lm_pipeline import train_lm_to_folder
+from grft_core.models.causal import CAUSAL_LM
 from grft_core.models.registry import ModelRegistry, ModelSpec
 
 METRICS_NAME = "metrics.json"
@@ -81,6 +83,22 @@ def train_to_folder(
     started = time.perf_counter()
     registry = registry or ModelRegistry()
     spec = registry.get(model_name)
+    if spec.kind == CAUSAL_LM:
+        # Chat or prompt/completion JSONL on a language model: grft_core.lm_pipeline.
+        return train_lm_to_folder(
+            spec,
+            train_uri,
+            out,
+            config,
+            val_uri=val_uri,
+            registry=registry,
+            callbacks=callbacks,
+            checkpoint_dir=checkpoint_dir,
+            fp16=fp16,
+            max_items=max_items,
+            limits=limits,
+            should_stop=should_stop,
+        )
     # Every phase asks should_stop: each file, record, archive member and download chunk while loading,
     # each encoding chunk, each batch of the selection pass, the evaluations and the training.
     with stop_checks(should_stop):
@@ -122,6 +140,17 @@ def train_to_folder(
         config.axis,
     )
     metrics = _metrics(result, spec, tensors, time.perf_counter() - started)
+    # "auto" values are resolved during fit: the adapter records what actually trained.
+    config = result.config or config
+    metrics["hyperparameters"] = {
+        "n_epochs": config.epochs,
+        "batch_size": config.batch_size,
+        "learning_rate": config.lr,
+    }
+    if result.autotune is not None:
+        metrics["autotune"] = result.autotune
+    if result.divergences:
+        metrics["divergences"] = result.divergences
     doc = {
         "method": config.method,
         "base_model": spec.name,
@@ -138,6 +167,8 @@ def train_to_folder(
         "metrics": {k: v for k, v in metrics.items() if k != "history"},
         "config": config.to_dict(),
     }
+    if result.autotune is not None:
+        doc["autotune"] = result.autotune
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:

@@ -126,7 +126,8 @@ def test_progress_callback_reports_steps_epochs_and_checkpoints(vit_setup, tmp_p
     assert [s.step for s in rec.steps] == list(range(1, 11))
     assert all(s.total_steps == 10 and s.samples_per_s > 0 and s.eta_s >= 0 for s in rec.steps)
     assert rec.steps[-1].eta_s == 0
-    assert [e.epoch for e in rec.epochs] == [0, 1]
+    assert [e.epoch for e in rec.epochs] == [1, 2]  # epochs count from 1 wherever they are reported
+    assert [s.epoch for s in rec.steps] == [1] * 5 + [2] * 5
     assert [c[0] for c in rec.checkpoints] == [5, 10]
     assert len(rec.selections) == 1
     assert 0.0 <= result.initial_val_accuracy <= 1.0
@@ -134,7 +135,7 @@ def test_progress_callback_reports_steps_epochs_and_checkpoints(vit_setup, tmp_p
 
 def test_model_ends_with_best_epoch_weights(vit_setup):
     model, result = _run(vit_setup, CONFIG.replace(epochs=3, lr=5e-2))
-    best = result.history[result.best_epoch]
+    best = result.history[result.best_epoch - 1]  # best_epoch counts from 1
     assert result.best_val_accuracy == best.val_accuracy == max(h.val_accuracy for h in result.history)
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -12,29 +12,43 @@ from grft_core.method.batching import BatchSource
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, source: BatchSource, batch_size: int = 64) -> tuple[float, float]:
+def evaluate(
+    model: nn.Module,
+    source: BatchSource,
+    batch_size: int = 64,
+    on_batch: Callable[[int, int], None] | None = None,
+) -> tuple[float, float]:
     """Top-1 accuracy and mean cross-entropy of ``model`` on every item of ``source``.
 
     Args:
         model: the classifier; put in eval mode for the call and restored after.
         source: encoded data with labels.
         batch_size: evaluation batch size.
+        on_batch: called with ``(batches done, batches in all)`` after each batch (progress reports).
     Returns:
-        ``(accuracy, loss)``; ``(nan, nan)`` for an empty source.
+        ``(accuracy, loss)`` averaged over the labels the batches carry: one per item for a classifier,
+        one per target token for a causal LM; ``(nan, nan)`` for an empty source.
     """
     if len(source) == 0:
         return float("nan"), float("nan")
     was_training = model.training
     model.eval()
-    correct, loss_sum = 0, 0.0
+    correct, loss_sum, count = 0, 0.0, 0
+    size = max(batch_size, 64)
+    total = source.num_batches(size)
     try:
-        for inputs, labels in source.sequential(max(batch_size, 64)):
+        for done, (inputs, labels) in enumerate(source.sequential(size), 1):
             logits = model(inputs).float()
             loss_sum += float(nn.functional.cross_entropy(logits, labels, reduction="sum"))
             correct += int((logits.argmax(1) == labels).sum())
+            count += len(labels)
+            if on_batch is not None:
+                on_batch(done, total)
     finally:
         model.train(was_training)
-    return correct / len(source), loss_sum / len(source)
+    if count == 0:
+        return float("nan"), float("nan")
+    return correct / count, loss_sum / count
 
 
 @torch.no_grad()

@@ -40,6 +40,8 @@ SelectionStrategy = Literal["gradient", "random"]
 ScoreMode = Literal["accumulated", "per_batch"]
 Precision = Literal["auto", "fp32", "bf16"]
 Device = Literal["auto", "cpu", "cuda"]
+#: Hyperparameters a run may be asked to choose itself (``grft_core.method.autotune``).
+AutoName = Literal["lr", "epochs", "batch_size"]
 
 MAX_K = 65_536
 #: How many rows (or columns) of one matrix train.
@@ -185,6 +187,11 @@ class RunOptions(Options):
         ge=0,
         le=10_000_000,
         description="Write a resumable checkpoint every N optimizer steps (0: never).",
+    )
+    auto: list[AutoName] = Field(
+        default_factory=list,
+        max_length=3,
+        description="Hyperparameters the run chooses itself before training (lr, epochs, batch_size).",
     )
 
 

@@ -9,7 +9,7 @@ way. ``full``, ``linear_probe`` and ``lora`` are the baselines users would other
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
 
@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from grft_core.cancel import ShouldStop, check_stop, stop_checks
+from grft_core.errors import ConfigError
 from grft_core.method.batching import BatchSource
 from grft_core.method.config import GRFTConfig
 from grft_core.method.gps import apply_gps, score_entries, select_per_row
@@ -63,6 +64,7 @@ def compute_selection(
     *,
     generator_seed: int | None = None,
     should_stop: ShouldStop | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> Selection:
     """Run the selection pass over ``config.selection_samples`` items of ``source``.
 
@@ -76,6 +78,7 @@ def compute_selection(
         generator_seed: seed of the sample draw and the augmentations (defaults to ``config.seed``).
         should_stop: asked before every batch of the pass (besides any check already installed, see
             ``grft_core.cancel``).
+        on_progress: called with ``(batches done, batches in all)`` after each batch of the pass.
     Returns:
         the selection (indices sorted, scores kept for inspection).
     Raises:
@@ -88,10 +91,11 @@ def compute_selection(
         return random_selection(shapes, config, seed)
     batches, loss_fn, n = _pass_inputs(model, source, config, seed)
     axis, score_mode = config.axis, config.score_mode
+    counted = _counted(batches, on_progress)
     scores = _in_pass_mode(
         model,
         should_stop,
-        lambda: score_modules(model, modules, batches, loss_fn, axis=axis, score_mode=score_mode),
+        lambda: score_modules(model, modules, counted, loss_fn, axis=axis, score_mode=score_mode),
     )
     meta: dict[str, Any] = {"selection_strategy": "gradient", **_pass_meta(config, n, seed)}
     return select_top_k(scores, config.k_for, config.axis, shapes, meta)
@@ -127,6 +131,7 @@ def compute_gps_selection(
     *,
     generator_seed: int | None = None,
     should_stop: ShouldStop | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> Selection:
     """The GPS-style selection pass: the top ``config.gps_per_row`` entries of every row by gradient.
 
@@ -139,6 +144,7 @@ def compute_gps_selection(
         config: ``gps_per_row``, selection loss, samples, batch size, score mode.
         generator_seed: seed of the sample draw and the augmentations (defaults to ``config.seed``).
         should_stop: asked before every batch of the pass, like ``compute_selection``'s.
+        on_progress: called with ``(batches done, batches in all)`` after each batch of the pass.
     Returns:
         a GPS selection (``grft_core.method.gps``): ``(out, K)`` column indices per eligible module.
     Raises:
@@ -147,12 +153,22 @@ def compute_gps_selection(
     """
     seed, modules = _pass_seed_and_modules(model, config, generator_seed)
     batches, loss_fn, n = _pass_inputs(model, source, config, seed)
+    counted = _counted(batches, on_progress)
     scores = _in_pass_mode(
         model,
         should_stop,
-        lambda: score_entries(model, modules, batches, loss_fn, score_mode=config.score_mode),
+        lambda: score_entries(model, modules, counted, loss_fn, score_mode=config.score_mode),
     )
     return select_per_row(scores, config.gps_per_row, _pass_meta(config, n, seed))
+
+
+def _counted(batches: Sequence[_T], on_progress: Callable[[int, int], None] | None) -> Iterator[_T]:
+    """``batches``, reporting ``(done, total)`` once each batch's backward pass has run (the scorer
+    asks for the next batch only then)."""
+    for done, batch in enumerate(batches, 1):
+        yield batch
+        if on_progress is not None:
+            on_progress(done, len(batches))
 
 
 def _pass_seed_and_modules(
@@ -232,8 +248,9 @@ def prepare(model: nn.Module, config: GRFTConfig, selection: Selection | None) -
     Raises:
         ValueError: a selection-based method without a selection.
     """
-    head: nn.Module = getattr(model, HEAD)
-    head_init = {n: p.detach().clone() for n, p in head.named_parameters()}
+    # A causal LM has no task head: its output projection stays the base model's.
+    head: nn.Module | None = getattr(model, HEAD, None)
+    head_init = {n: p.detach().clone() for n, p in head.named_parameters()} if head is not None else {}
     method = config.method
     if method in ("grft", "masked_dense"):
         if selection is None:
@@ -272,6 +289,8 @@ def prepare(model: nn.Module, config: GRFTConfig, selection: Selection | None) -
         for p in model.parameters():
             p.requires_grad_(True)
     elif method == "linear_probe":
+        if head is None:
+            raise ConfigError("linear_probe trains a task head, and this model has none", param="method")
         freeze(model)
         for p in head.parameters():
             p.requires_grad_(True)
