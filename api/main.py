@@ -28,6 +28,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     from api.inference.routes import router as inference_router
     from api.jobs.routes import router as jobs_router
     from api.system.routes import router as system_router
+    from api.webhooks.routes import router as webhooks_router
 
     app = FastAPI(
         title="grft", version="0.1.0", docs_url="/docs", openapi_url="/openapi.json", lifespan=_lifespan
@@ -50,6 +51,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         adapters_router,
         inference_router,
         inference_admin_router,
+        webhooks_router,
         dashboard_router,
     )
     for router in routers:

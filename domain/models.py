@@ -5,5 +5,19 @@ from domain.auth.models import ApiKey, Tenant
 from domain.db import Base
 from domain.files.models import File
 from domain.jobs.models import Job, JobCheckpoint, JobEvent
+from domain.webhooks.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint, WebhookEvent
 
-__all__ = ["Adapter", "ApiKey", "Base", "File", "Job", "JobCheckpoint", "JobEvent", "Tenant"]
+__all__ = [
+    "Adapter",
+    "ApiKey",
+    "Base",
+    "File",
+    "Job",
+    "JobCheckpoint",
+    "JobEvent",
+    "Tenant",
+    "WebhookAttempt",
+    "WebhookDelivery",
+    "WebhookEndpoint",
+    "WebhookEvent",
+]

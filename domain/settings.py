@@ -67,6 +67,14 @@ class Settings(BaseSettings):
     # Hostnames, IP addresses or CIDR networks that dataset URIs may reach even when they are not
     # public (an operator's own object store, say). JSON list, e.g. '["data.corp", "10.8.0.0/16"]'.
     dataset_allow_hosts: list[str] = Field(default_factory=list)
+    # Webhooks (domain.webhooks): hosts, IP addresses or CIDR networks that webhook URLs may reach even
+    # when they are not public, in the same form as dataset_allow_hosts (which does not apply to them).
+    webhook_allow_hosts: list[str] = Field(default_factory=list)
+    # Seconds one delivery attempt may take (connect, send, first bytes of the answer).
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
+    # Tries per delivery, and the wait before the second one (doubled before each later one).
+    webhook_max_attempts: int = Field(default=5, ge=1, le=20)
+    webhook_backoff_seconds: float = Field(default=30.0, ge=0)
     # Where a tenant's s3:// dataset URIs may point: a template such as "s3://datasets/{tenant}/", where
     # {tenant} (one whole path segment of the key) becomes the caller's tenant id. The worker reads
     # s3 with the service's own credentials, so nothing outside this prefix is readable through a job;
@@ -110,7 +118,7 @@ class Settings(BaseSettings):
     # Empty (the default): no CORS headers; the dashboard at / is same-origin and needs none.
     cors_origins: list[str] = Field(default_factory=list)
 
-    @field_validator("dataset_allow_hosts")
+    @field_validator("dataset_allow_hosts", "webhook_allow_hosts")
     @classmethod
     def _check_allow_hosts(cls, entries: list[str]) -> list[str]:
         for entry in entries:

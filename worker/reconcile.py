@@ -22,6 +22,7 @@ from domain.jobs import lifecycle
 from domain.jobs.lifecycle import Publish
 from domain.queue import prune_processed
 from domain.settings import Settings
+from worker import webhooks
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,7 @@ def reconcile(settings: Settings, publish: Publish) -> list[tuple[str, str]]:
         due = lifecycle.reconcile(
             session, lease_seconds=settings.lease_seconds, republish_after_s=settings.republish_seconds
         )
+        due += webhooks.due(session, settings)  # webhook deliveries whose message may be lost
     for task_name, job_id in due:
         publish(task_name, job_id)
     if settings.embedded:

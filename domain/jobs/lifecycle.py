@@ -27,6 +27,7 @@ from domain.jobs.states import TERMINAL, JobStatus, Trigger, next_status, source
 # Through domain.models, every mapped class is registered before the first flush (foreign keys resolve).
 from domain.models import Adapter, Job, JobCheckpoint
 from domain.queue import RUN_JOB, VALIDATE_JOB
+from domain.webhooks.outbox import job_finished
 
 Publish = Callable[[str, str], object]
 """``publish(task_name, job_id)``: sends a task by name (after the commit that made it due)."""
@@ -187,6 +188,7 @@ def ack_cancel(session: Session, lease: Lease) -> bool:
     if _apply(session, _move(Trigger.ACK_CANCEL, *_owned(lease), **_ended(utcnow()))) is None:
         return False
     add_event(session, lease.job_id, "The job was cancelled", level="warning")
+    job_finished(session, lease.job_id, JobStatus.CANCELLED)  # the webhook outbox, in this transaction
     return True
 
 
@@ -207,6 +209,7 @@ def succeed(
         return False
     add_event(session, lease.job_id, "The job has successfully completed", data={"adapter_id": adapter.id})
     session.add(adapter)
+    job_finished(session, lease.job_id, JobStatus.SUCCEEDED)
     return True
 
 
@@ -216,6 +219,7 @@ def fail(session: Session, lease: Lease, *, code: str, message: str, param: str 
     if _apply(session, _move(Trigger.FAIL, *_owned(lease), error=error, **_ended(utcnow()))) is None:
         return False
     add_event(session, lease.job_id, message, level="error")
+    job_finished(session, lease.job_id, JobStatus.FAILED)
     return True
 
 
@@ -297,6 +301,7 @@ def cancel(session: Session, tenant_id: str, job_id: str) -> Job:
                 else "Cancellation requested; the job stops after its current step"
             )
             add_event(session, job_id, message)
+            job_finished(session, job_id, target)  # the webhook outbox, when the move ends the job
             session.flush()
             return job
     raise Conflict(f"job {job_id} kept changing state; retry the cancel")
@@ -322,6 +327,7 @@ def rescue(session: Session, *, lease_seconds: float, now: datetime | None = Non
     ended: dict[str, Any] = {"finished_at": now, "seconds_remaining": None}
     for (job_id,) in _returning(session, _move(Trigger.ACK_CANCEL, stale, **ended)):
         add_event(session, job_id, "The job was cancelled", level="warning")
+        job_finished(session, job_id, JobStatus.CANCELLED)
 
     running = (JobStatus.RUNNING,)
     gone = "the worker running this job stopped responding, and no attempts remain"
@@ -331,6 +337,7 @@ def rescue(session: Session, *, lease_seconds: float, now: datetime | None = Non
         add_event(
             session, job_id, f"The worker stopped responding on attempt {attempt}; job failed", level="error"
         )
+        job_finished(session, job_id, JobStatus.FAILED)
     retry = _move(Trigger.REQUEUE, stale, Job.attempt < Job.max_attempts, among=running, **_released(now))
     due: list[tuple[str, str]] = []
     for job_id, attempt in _returning(session, retry, Job.attempt):

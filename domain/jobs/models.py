@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String
+from sqlalchemy import JSON, BigInteger, ForeignKey, Index, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from domain.db import Base, utcnow
@@ -52,6 +52,8 @@ class Job(Base):
     result: Mapped[dict[str, Any] | None] = mapped_column(default=None)
     idempotency_key: Mapped[str | None] = mapped_column(String(255), default=None)
     request_hash: Mapped[str | None] = mapped_column(String(64), default=None)
+    # Experiment trackers the worker reports to (``[{"type": "wandb", "wandb": {...}}]``, or mlflow).
+    integrations: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, default=None)
 
 
 class JobEvent(Base):
