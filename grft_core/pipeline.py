@@ -30,11 +30,11 @@ from grft_core.data.limits import DataLimits
 from grft_core.data.loading import LabeledData, load_dataset, load_train_val
 from grft_core.data.preprocess import make_preprocessor
 from grft_core.errors import AdapterError, DatasetRejected, FingerprintMismatch
+from grft_core.lm_pipeline import train_lm_to_folder
 from grft_core.method.batching import BatchSource
 from grft_core.method.config import GRFTConfig
 from grft_core.method.evaluation import evaluate
 from grft_core.method.trainer import TrainResult, fit
-from grft_core.lm_pipeline import train_lm_to_folder
 from grft_core.models.causal import CAUSAL_LM
 from grft_core.models.registry import ModelRegistry, ModelSpec
 

@@ -3,8 +3,10 @@
 A folder with ``adapter_config.json`` and ``adapter_model.safetensors``. For GRFT (and for the
 masked-dense reference and linear probing, which it also represents exactly) the tensors are
 ``<module>.grft_indices`` (int32), ``<module>.grft_delta`` (the selected rows or columns),
-``<module>.grft_bias`` (bias deltas, when trained) and ``task_head.weight``/``task_head.bias``. LoRA runs keep
-their ``lora_A``/``lora_B`` tensors and full fine-tuning its whole state; both exist for comparison.
+``<module>.grft_bias`` (bias deltas, when trained) and ``task_head.weight``/``task_head.bias`` (absent
+for a causal language model, ``"task": "causal_lm"`` in the config: its output projection is the
+base's). LoRA runs keep their ``lora_A``/``lora_B`` tensors and full fine-tuning its whole state; both
+exist for comparison.
 The GPS-style baseline stores its chosen entries and their changes (``<module>.gps_indices``,
 ``<module>.gps_values``, ``<module>.gps_bias``; see ``grft_core.method.gps``) and loads them merged.
 
@@ -38,6 +40,7 @@ from grft_core.method.gps import add_gps_tensors, gps_adapter_tensors
 from grft_core.method.layers import module_weight
 from grft_core.method.model import HEAD, apply_grft, freeze, grft_layers, merge_all, unmerge_all
 from grft_core.method.setup import inject_lora
+from grft_core.models.causal import causal_lm_state
 from grft_core.models.serialization import fingerprint_state_dict
 
 CONFIG_NAME = "adapter_config.json"
@@ -69,7 +72,10 @@ class Adapter:
 
 
 def backbone_fingerprint(model: nn.Module) -> str:
-    """Fingerprint of the classifier's backbone weights as they are now (wrapped layers seen unwrapped)."""
+    """Fingerprint of the classifier's backbone weights as they are now (wrapped layers seen unwrapped);
+    for a model without a backbone (a causal LM) its whole weights, tied tensors counted once."""
+    if not isinstance(getattr(model, "backbone", None), nn.Module):
+        return fingerprint_state_dict(causal_lm_state(model))
     state = {
         k.replace(".base_layer.", "."): v
         for k, v in cast(nn.Module, model.backbone).state_dict().items()
@@ -127,9 +133,13 @@ def adapter_tensors(
     elif method == "lora":
         out.update({n: p.detach() for n, p in model.named_parameters() if "lora_" in n})
     elif method == "full":
-        out.update({n: t.detach() for n, t in model.state_dict().items()})
-    if method != "full":
-        out.update({f"{HEAD}.{n}": p.detach() for n, p in getattr(model, HEAD).named_parameters()})
+        # A causal LM (no backbone) stores tied tensors once, as its store entry does.
+        lm = not isinstance(getattr(model, "backbone", None), nn.Module)
+        state = causal_lm_state(model) if lm else model.state_dict()
+        out.update({n: t.detach() for n, t in state.items()})
+    head = getattr(model, HEAD, None)
+    if method != "full" and isinstance(head, nn.Module):
+        out.update({f"{HEAD}.{n}": p.detach() for n, p in head.named_parameters()})
     return {k: v.cpu().contiguous() for k, v in out.items()}
 
 
@@ -246,9 +256,12 @@ def apply_adapter(model: nn.Module, adapter: Adapter, *, check_fingerprint: bool
                     if "lora_" in name:
                         params[name].copy_(value)
         elif method == "full":
-            model.load_state_dict(t)
-        if method != "full":
-            head = getattr(model, HEAD)
+            missing, unexpected = model.load_state_dict(t, strict=False)
+            # Only a tied copy (a causal LM's output projection) may be absent from the file.
+            if unexpected or set(missing) - _tied_names(model):
+                raise KeyError(f"missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]}")
+        head = getattr(model, HEAD, None)
+        if method != "full" and isinstance(head, nn.Module):
             with torch.no_grad():
                 for n, p in head.named_parameters():
                     p.copy_(t[f"{HEAD}.{n}"])
@@ -257,6 +270,11 @@ def apply_adapter(model: nn.Module, adapter: Adapter, *, check_fingerprint: bool
     freeze(model)
     model.eval()
     return model
+
+
+def _tied_names(model: nn.Module) -> set[str]:
+    """State-dict names whose tensor another, earlier name already holds (tied weights)."""
+    return set(model.state_dict()) - set(causal_lm_state(model))
 
 
 def merged_copy(model: nn.Module) -> nn.Module:

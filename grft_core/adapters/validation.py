@@ -28,6 +28,9 @@ from grft_core.errors import AdapterError
 from grft_core.method.layers import weight_matrix_shape
 from grft_core.method.model import HEAD
 
+#: ``task`` of an adapter trained on a causal language model (``grft_core.lm_pipeline``).
+CAUSAL_LM_TASK = "causal_lm"
+
 WEIGHTS_NAME = "adapter_model.safetensors"
 GRFT_KINDS = ("grft", "masked_dense", "linear_probe")
 METHODS = (*GRFT_KINDS, "gps", "lora", "full")
@@ -75,10 +78,12 @@ def check_adapter(config: Mapping[str, Any], tensors: Mapping[str, Tensor]) -> N
             raise _bad(f"tensor {name} holds NaN or infinite values")
     if method == "full":
         return
-    labels = config.get("labels")
-    if not isinstance(labels, list) or not labels or not all(isinstance(x, str | int) for x in labels):
-        raise AdapterError("labels must be a non-empty list of names", param="labels")
-    _check_head(tensors, len(labels))
+    # A causal LM's adapter has no labels and no head: the base model's output projection stays.
+    if config.get("task") != CAUSAL_LM_TASK:
+        labels = config.get("labels")
+        if not isinstance(labels, list) or not labels or not all(isinstance(x, str | int) for x in labels):
+            raise AdapterError("labels must be a non-empty list of names", param="labels")
+        _check_head(tensors, len(labels))
     if method in GRFT_KINDS:
         _check_grft(config, tensors)
     elif method == "gps":

@@ -52,19 +52,30 @@ class BatchSource:
         return torch.randperm(len(self.items), generator=g)
 
     def batch(self, indices: Tensor) -> tuple[BatchDict, Tensor]:
-        """The encoded inputs and labels of ``indices``, on the device."""
+        """The encoded inputs and labels of ``indices``, on the device.
+
+        A preprocessor whose output holds ``labels`` supplies the batch's labels itself (a causal LM's
+        target tokens, ``grft_core.method.causal_lm``); otherwise they are the items' class indices.
+        """
         check_stop()  # every evaluation and training batch: see grft_core.cancel
         if self._cache is not None:
             inputs = {k: v[indices] for k, v in self._cache.items()}
         else:
             inputs = self.preprocessor([self.items[int(i)] for i in indices])
-        return _to(inputs, self.device), self.labels[indices].to(self.device)
+        labels = inputs.pop("labels", None)
+        if labels is None:
+            labels = self.labels[indices]
+        return _to(inputs, self.device), labels.to(self.device)
 
     def epoch(
         self, batch_size: int, seed: int, epoch: int, start: int = 0
     ) -> Iterator[tuple[BatchDict, Tensor]]:
         """Batches of one shuffled epoch, skipping the first ``start`` (already trained before a resume)."""
         perm = self.order(seed, epoch)
+        bucket = getattr(self.preprocessor, "bucket", None)
+        if bucket is not None:
+            # Batches of similar lengths (causal LMs): less padding, the same replayable order.
+            perm = bucket(self.items, perm, batch_size, seed * 1_000_003 + epoch)
         for b in range(start, self.num_batches(batch_size)):
             yield self.batch(perm[b * batch_size : (b + 1) * batch_size])
 

@@ -30,15 +30,22 @@ def eligible_modules(
 ) -> dict[str, nn.Module]:
     """The Linear and Conv2d layers whose weights GRFT may select from, in model order.
 
+    A language model's output projection (what any module's ``get_output_embeddings()`` returns, e.g.
+    ``lm_head``, often tied to the input embeddings) is never eligible, nor are embeddings (not
+    Linear): for a decoder that leaves every Linear inside its layers (q, k, v, o, gate, up, down).
+
     Args:
-        model: a classifier with a ``task_head`` attribute (excluded) and its backbone.
+        model: a classifier with a ``task_head`` attribute (excluded) and its backbone, or a causal LM.
         include_depthwise: also grouped/depthwise convolutions (``groups > 1``).
         include_patch_embed: also the patch embedding / stem convolution.
     Returns:
         qualified name → module (already-wrapped layers report their base layer).
     """
     found: dict[str, nn.Module] = {}
+    outputs = _output_projections(model)
     for name, module in model.named_modules():
+        if id(module) in outputs:
+            continue
         if (
             name == HEAD
             or name.startswith(HEAD + ".")
@@ -57,6 +64,25 @@ def eligible_modules(
             if is_patch_embed(name) and not include_patch_embed:
                 continue
             found[name] = base
+    return found
+
+
+def _output_projections(model: nn.Module) -> set[int]:
+    """Ids of the modules that some module of ``model`` reports as its output embeddings."""
+    found: set[int] = set()
+    for module in model.modules():
+        getter = getattr(module, "get_output_embeddings", None)
+        if not callable(getter):
+            continue
+        try:
+            projection = getter()
+        except (AttributeError, NotImplementedError):
+            continue
+        if isinstance(projection, nn.Module):
+            found.add(id(projection))
+            base = getattr(projection, "base_layer", None)
+            if isinstance(base, nn.Module):
+                found.add(id(base))
     return found
 
 
@@ -241,8 +267,11 @@ def dense_l2(model: nn.Module, pre: Mapping[str, Tensor]) -> Tensor:
 
 
 def head_l2(model: nn.Module, head_init: Mapping[str, Tensor]) -> Tensor:
-    """``‖H − H_init‖²`` of the classification head, anchored at its initialisation."""
-    head = getattr(model, HEAD)
+    """``‖H − H_init‖²`` of the classification head, anchored at its initialisation (0 for a model
+    without a head: a causal LM keeps its own output projection)."""
+    head = getattr(model, HEAD, None)
+    if not isinstance(head, nn.Module):
+        return _zero(model)
     terms = [(p - head_init[n]).pow(2).sum() for n, p in head.named_parameters() if n in head_init]
     if not terms:
         return _zero(model)

@@ -38,6 +38,8 @@ class ModelSpec:
         timm_kwargs: extra ``timm.create_model`` arguments (model sizes, ``pretrained_cfg_overlay``).
         description: free text.
         num_params: backbone parameter count.
+        kind: ``"classifier"`` (a backbone a task head is put on) or ``"causal_lm"`` (a whole language
+            model, ``grft_core.models.causal``). Entries written before kinds existed are classifiers.
     """
 
     name: str
@@ -50,6 +52,7 @@ class ModelSpec:
     timm_kwargs: dict[str, Any] = field(default_factory=dict)
     description: str = ""
     num_params: int = 0
+    kind: Literal["classifier", "causal_lm"] = "classifier"
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-serialisable copy of every field."""
@@ -69,6 +72,8 @@ class ModelSpec:
             raise ConfigError(f"malformed model spec: {exc}", param="model") from exc
         if spec.family not in ("timm", "transformers") or spec.modality not in ("image", "text"):
             raise ConfigError(f"model spec {spec.name!r}: bad family/modality", param="model")
+        if spec.kind not in ("classifier", "causal_lm"):
+            raise ConfigError(f"model spec {spec.name!r}: bad kind {spec.kind!r}", param="model")
         return spec
 
 

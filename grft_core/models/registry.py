@@ -26,9 +26,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from grft_core.errors import ConfigError, FingerprintMismatch, ModelNotFound
 from grft_core.models.builtins import BUILTIN_MODELS
+from grft_core.models.causal import (
+    BUILTIN_CAUSAL_LMS,
+    CAUSAL_LM,
+    build_causal_lm_entry,
+    load_causal_lm_spec,
+    pending_builtin_spec,
+)
 from grft_core.models.classifier import (
     Classifier,
     create_timm_backbone,
@@ -48,7 +56,15 @@ from grft_core.models.tokenizers import copy_tokenizer_files, load_tokenizer
 
 # ``ModelSpec`` (grft_core.models.entries) and ``BUILTIN_MODELS`` (grft_core.models.builtins) are
 # re-exported: this module stays the one to import them from.
-__all__ = ["BUILTIN_MODELS", "USER_STORE_DIR", "ModelRegistry", "ModelSpec", "default_store_dir"]
+__all__ = [
+    "BUILTIN_CAUSAL_LMS",
+    "BUILTIN_MODELS",
+    "USER_STORE_DIR",
+    "ModelRegistry",
+    "ModelSpec",
+    "default_store_dir",
+    "is_builtin",
+]
 
 INDEX_FILE = "registry.json"
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")  # also a folder name: no separators, no "..".
@@ -57,6 +73,12 @@ USER_STORE_DIR = Path.home() / ".cache" / "grft" / "models"
 #: The library's one reading of the environment, for callers that pass no folder (notebooks, the
 #: ``grft`` CLI). A service reads its own configuration and passes the folder to ``ModelRegistry``.
 STORE_DIR_ENV = "GRFT_MODEL_DIR"
+
+
+def is_builtin(name: str) -> bool:
+    """Whether ``name`` is a built-in entry (a classifier backbone or a causal LM), written into the
+    store on first use."""
+    return name in BUILTIN_MODELS or name in BUILTIN_CAUSAL_LMS
 
 
 def default_store_dir(store_dir: str | os.PathLike[str] | None = None) -> Path:
@@ -132,7 +154,8 @@ class ModelRegistry:
             index = self._read_index()
             spec = index.get(name)
             if spec is None or not Path(spec.weights).is_file():
-                spec = BUILTIN_MODELS[name](self.store_dir / name)
+                build = BUILTIN_MODELS.get(name) or BUILTIN_CAUSAL_LMS[name]
+                spec = build(self.store_dir / name)
                 index[name] = spec
                 self._write_index(index)
             return spec
@@ -140,9 +163,19 @@ class ModelRegistry:
     # -- public API ----------------------------------------------------------------------------------
 
     def list(self) -> list[ModelSpec]:
-        """Every entry: the built-ins (materialised if needed) in fixed order, then added ones by name."""
+        """Every entry: the built-ins (materialised if needed) in fixed order, then added ones by name.
+
+        Built-in causal LMs not converted yet are listed as they will be (no fingerprint): converting
+        one takes about a minute, so it waits for the first ``get``.
+        """
         builtins = [self._builtin(name) for name in BUILTIN_MODELS]
-        added = [spec for name, spec in sorted(self._read_index().items()) if name not in BUILTIN_MODELS]
+        index = self._read_index()
+        for name in BUILTIN_CAUSAL_LMS:
+            stored = index.get(name)
+            complete = stored is not None and Path(stored.weights).is_file()
+            pending = pending_builtin_spec(name, self.store_dir / name)
+            builtins.append(stored if stored is not None and complete else pending)
+        added = [spec for name, spec in sorted(index.items()) if not is_builtin(name)]
         return builtins + added
 
     def get(self, name: str) -> ModelSpec:
@@ -151,11 +184,11 @@ class ModelRegistry:
         Raises:
             ModelNotFound: unknown name; the message lists the known names.
         """
-        if name in BUILTIN_MODELS:
+        if is_builtin(name):
             return self._builtin(name)
         spec = self._read_index().get(name)
         if spec is None:
-            known = sorted(set(BUILTIN_MODELS) | set(self._read_index()))
+            known = sorted(set(BUILTIN_MODELS) | set(BUILTIN_CAUSAL_LMS) | set(self._read_index()))
             raise ModelNotFound(f"unknown model {name!r}; known models: {', '.join(known)}", param="model")
         return spec
 
@@ -166,7 +199,7 @@ class ModelRegistry:
                 "starting with a letter or digit",
                 param="name",
             )
-        if name in BUILTIN_MODELS or name in self._read_index():
+        if is_builtin(name) or name in self._read_index():
             raise ConfigError(f"a model called {name!r} already exists", param="name")
 
     def _add(self, name: str, build: Callable[[Path], ModelSpec]) -> ModelSpec:
@@ -266,6 +299,10 @@ class ModelRegistry:
             ConfigError: bad ``num_labels``, or weights that do not fit the architecture.
         """
         spec = self.get(name)
+        if spec.kind == CAUSAL_LM:
+            raise ConfigError(
+                f"{name!r} is a causal language model: load it with load_causal_lm", param="model"
+            )
         state = load_safetensors(Path(spec.weights), param="weights")
         actual = fingerprint_state_dict(state)
         if actual != spec.fingerprint:
@@ -288,6 +325,50 @@ class ModelRegistry:
         )
         return model.float().eval(), spec
 
+    def add_causal_lm(self, name: str, source: Path) -> ModelSpec:
+        """Register a causal language model from a ``.gguf`` file or a Hugging Face folder.
+
+        The model is converted into the store once (fp32 safetensors, config and tokenizer with its
+        chat template; see ``grft_core.models.causal``), so later loads are quick.
+
+        Args:
+            name: new registry name.
+            source: a ``.gguf`` file of any decoder family transformers reads (LLaMA, Qwen2, Gemma 3,
+                ...), or a folder with ``config.json``, safetensors weights and tokenizer files.
+        Returns:
+            The new entry (kind ``causal_lm``).
+        Raises:
+            ConfigError: bad or taken name, or a source that is not a causal LM transformers loads
+                offline (the message says why).
+        """
+        source = Path(source)
+
+        def build(folder: Path) -> ModelSpec:
+            return build_causal_lm_entry(source, folder, name=name)
+
+        return self._add(name, build)
+
+    def load_causal_lm(
+        self, name: str, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+    ) -> tuple[nn.Module, Any, ModelSpec]:
+        """Load a causal language model and its tokenizer (converting a built-in on first use).
+
+        Args:
+            name: registry name of a ``causal_lm`` entry (e.g. ``smollm2-135m-instruct``).
+            device: where the model goes.
+            dtype: parameter dtype (stored weights are fp32).
+        Returns:
+            ``(model, tokenizer, spec)``: the transformers ``*ForCausalLM`` in eval mode with the stored
+            weights, its tokenizer (chat template included), and the entry.
+        Raises:
+            ModelNotFound: unknown name.
+            ConfigError: the entry is not a causal LM, or its files do not load.
+            FingerprintMismatch: the stored weights no longer hash to the recorded fingerprint.
+        """
+        spec = self.get(name)
+        model, tokenizer = load_causal_lm_spec(spec, device=device, dtype=dtype)
+        return model, tokenizer, spec
+
     def remove(self, name: str) -> None:
         """Delete an added entry and its files.
 
@@ -295,7 +376,7 @@ class ModelRegistry:
             ConfigError: ``name`` is a built-in (those always exist).
             ModelNotFound: unknown name.
         """
-        if name in BUILTIN_MODELS:
+        if is_builtin(name):
             raise ConfigError(f"{name!r} is a built-in model and cannot be removed", param="name")
         with self._locked():
             index = self._read_index()
