@@ -25,6 +25,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     from api.dashboard.routes import router as dashboard_router
     from api.files.routes import router as files_router
     from api.inference.admin_routes import router as inference_admin_router
+    from api.inference.chat import router as chat_router
     from api.inference.routes import router as inference_router
     from api.jobs.routes import router as jobs_router
     from api.system.routes import router as system_router
@@ -50,6 +51,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         jobs_router,
         adapters_router,
         inference_router,
+        chat_router,
         inference_admin_router,
         webhooks_router,
         dashboard_router,

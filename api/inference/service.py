@@ -36,6 +36,7 @@ from torch import Tensor
 
 from api.adapters.service import artifact_key
 from api.errors import NotFound
+from api.inference.chat_service import ChatService
 from domain.adapters.models import Adapter
 from domain.artifacts import ArtifactStore
 from domain.settings import Settings
@@ -117,6 +118,15 @@ class InferenceService:
         self.cache = AdapterCache(
             self.engine, budget_bytes=budget_bytes, max_adapters=max_adapters, on_unload=self._drop_files
         )
+        # Causal LMs: their generation engines and adapters, within the same limits.
+        self.chat = ChatService(
+            registry,
+            budget_bytes=budget_bytes,
+            max_adapters=max_adapters,
+            max_batch=max_batch,
+            device=self.device,
+            on_unload=self._drop_files,
+        )
 
     # -- engines ----------------------------------------------------------------------------------
 
@@ -151,6 +161,7 @@ class InferenceService:
         """Stop the batchers (their queued requests finish first)."""
         for batcher in list(self._batchers.values()):
             batcher.close()
+        self.chat.close()
 
     # -- adapters ---------------------------------------------------------------------------------
 
@@ -201,6 +212,7 @@ class InferenceService:
     def evict(self, adapter_id: str) -> None:
         """Forget an adapter (deleted)."""
         self.cache.evict(adapter_id)
+        self.chat.evict(adapter_id)
         self._drop_files(adapter_id)
 
     def cached_ids(self) -> list[str]:

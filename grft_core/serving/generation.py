@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from jinja2 import TemplateError
 from torch import Tensor, nn
 from transformers import DynamicCache
 
@@ -242,13 +243,18 @@ class GenerationEngine:
         """Token ids of ``messages`` rendered by the tokenizer's chat template, ready for the reply.
 
         Raises:
-            ConfigError: the tokenizer has no chat template.
+            ConfigError: the tokenizer has no chat template, or it refuses the messages.
         """
         if not getattr(self.tokenizer, "chat_template", None):
             raise ConfigError(
                 "this model's tokenizer has no chat template; use /v1/completions", param="model"
             )
-        text = self.tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
+        try:
+            text = self.tokenizer.apply_chat_template(
+                list(messages), add_generation_prompt=True, tokenize=False
+            )
+        except (TemplateError, ValueError, TypeError, KeyError) as exc:  # a template that refuses the turns
+            raise ConfigError(f"the chat template refuses these messages: {exc}", param="messages") from exc
         # The template writes any special tokens itself (a BOS among them): none are added again.
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 

@@ -121,7 +121,10 @@ class TextAssembler:
         return self._take(len(text) - self._held_back(text))
 
     def flush(self) -> str:
-        """The text still held back, when the completion ends without a stop string."""
+        """The text still held back, when the completion ends: without a stop string, the whole decoded
+        text (an unfinished multi-byte character included, as the tokenizer decodes it)."""
+        if not self.stopped:
+            self.text = self.tokenizer.decode(self.token_ids, skip_special_tokens=True)
         return self._take(len(self.text))
 
     def _take(self, end: int) -> str:

@@ -80,10 +80,10 @@ def lm_adapter(
         for layer in layers.values():
             layer.grft_delta.copy_(torch.randn(layer.grft_delta.shape, generator=g) * scale)
     tensors = adapter_tensors_no_head(adapted)
+    shapes = {n: list(adapted.get_submodule(n).base_layer.weight.shape) for n in indices}
     config = {
-        "format": "grft-adapter", "format_version": 1, "method": "grft", "base_model": base,
-        "axis": axis, "k": k, "modules": {n: {"shape": list(adapted.get_submodule(n).base_layer.weight.shape)}
-                                          for n in indices},
+        "format": "grft-adapter", "format_version": 1, "method": "grft", "task": "causal_lm",
+        "base_model": base, "axis": axis, "k": k, "modules": {n: {"shape": s} for n, s in shapes.items()},
     }  # fmt: skip
     return Adapter(config=config, tensors=tensors), merged_copy(adapted)
 
