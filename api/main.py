@@ -29,6 +29,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     from api.inference.routes import router as inference_router
     from api.jobs.routes import router as jobs_router
     from api.system.routes import router as system_router
+    from api.models.routes import router as models_router
     from api.webhooks.routes import router as webhooks_router
 
     app = FastAPI(
@@ -56,6 +57,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         webhooks_router,
         dashboard_router,
     )
+        models_router,
     for router in routers:
         app.include_router(router)
     if app.state.settings.metrics_enabled:

@@ -8,6 +8,7 @@ GrftError (grft_core.errors)          400  grft_error
 ├── Unauthorized                      401  unauthorized
 │   ├── ApiKeyRevoked                 401  api_key_revoked
 │   └── ApiKeyExpired                 401  api_key_expired
+├── Forbidden                         403  forbidden       (allowed to no one, e.g. deleting a base model)
 ├── Conflict                          409  conflict
 │   └── JobNotFinished                409  job_not_finished
 ├── PayloadTooLarge                   413  payload_too_large
@@ -15,6 +16,7 @@ GrftError (grft_core.errors)          400  grft_error
 │   └── RateLimited                   429  rate_limited     (a limit per unit of time or in flight)
 └── BadRequest                        400  bad_request
 
+``api.errors`` answers the 422s as 400 and adds OpenAI's ``type`` (``invalid_request_error``, …).
 Both 429s may carry ``retry_after`` (seconds), rendered as a ``Retry-After`` header.
 
 They carry no HTTP machinery: ``api.errors`` renders them, the worker records them as job errors.
@@ -45,6 +47,13 @@ class ApiKeyExpired(Unauthorized):
     """The API key is past its ``expires_at``."""
 
     code = "api_key_expired"
+
+
+class Forbidden(GrftError):
+    """The caller may not do this to this object (nobody may)."""
+
+    status_code = 403
+    code = "forbidden"
 
 
 class Conflict(GrftError):

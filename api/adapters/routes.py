@@ -9,13 +9,15 @@ from fastapi.responses import StreamingResponse
 
 from api.adapters import schemas, service
 from api.deps import InferenceDep, SessionDep, SettingsDep, StoreDep, TenantDep
-from api.errors import NotFound, Unauthorized, error_responses
+from api.errors import BadRequest, NotFound, Unauthorized, error_responses
+from domain.jobs.model_ids import MAX_MODEL_ID
 from grft_core import ModelRegistry
 from grft_core.errors import AdapterError, FingerprintMismatch, ModelNotFound
 
 router = APIRouter(prefix="/v1/adapters", tags=["adapters"])
 
-AdapterId = Annotated[str, Path(min_length=1, max_length=64)]
+# An adapter id, or its fine-tuned model id (``ft:…``): an alias.
+AdapterId = Annotated[str, Path(min_length=1, max_length=MAX_MODEL_ID)]
 
 
 @router.get("", response_model=schemas.AdapterList, responses=error_responses(Unauthorized, NotFound))
@@ -40,7 +42,9 @@ def retrieve_adapter(adapter_id: AdapterId, session: SessionDep, tenant: TenantD
     response_class=StreamingResponse,
     responses={
         200: {"content": {"application/x-tar": {}}, "description": "A tar of the adapter's files."},
-        **error_responses(Unauthorized, NotFound, AdapterError, FingerprintMismatch, ModelNotFound),
+        **error_responses(
+            Unauthorized, NotFound, BadRequest, AdapterError, FingerprintMismatch, ModelNotFound
+        ),
     },
 )
 def adapter_content(
@@ -51,9 +55,13 @@ def adapter_content(
     store: StoreDep,
     format: Annotated[schemas.ContentFormat, Query()] = "grft",
 ) -> StreamingResponse:
-    """``grft``: the adapter folder as trained. ``peft_lora``: its exact PEFT LoRA export."""
-    row = service.get_adapter(session, tenant, adapter_id)
-    chunks = service.content(store, row, format, ModelRegistry(settings.model_dir))
+    """``grft``: the adapter folder as trained. ``peft_lora``: its exact PEFT LoRA export.
+
+    ``adapter_id`` may also be a fine-tuned model id (``ft:…``) or a checkpoint's
+    (``ft:…:ckpt-step-N``, ``ftjob-…:ckpt-step-N``): the adapter made from that checkpoint's state."""
+    registry = ModelRegistry(settings.model_dir)
+    row = service.get_model_adapter(session, tenant, adapter_id, store, registry)
+    chunks = service.content(store, row, format, registry)
     suffix = "" if format == "grft" else "-peft-lora"
     return StreamingResponse(
         chunks,

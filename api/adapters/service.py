@@ -9,6 +9,7 @@ built in a temporary directory that the stream removes when it ends.
 
 from __future__ import annotations
 
+import json
 import posixpath
 import shutil
 import tarfile
@@ -27,7 +28,10 @@ from domain.adapters import repository
 from domain.adapters.models import Adapter
 from domain.artifacts import CHUNK, ArtifactStore
 from domain.auth.models import Tenant
+from domain.jobs import model_ids
+from domain.jobs.checkpoint_adapters import checkpoint_adapter
 from grft_core import ModelRegistry
+from grft_core.adapters.format import CONFIG_NAME
 from grft_core.pipeline import export_peft
 
 # Tar pads every member to 512-byte blocks, ends with two zero blocks and rounds the archive up to a
@@ -37,11 +41,51 @@ RECORD = tarfile.RECORDSIZE
 
 
 def get_adapter(session: Session, tenant: Tenant, adapter_id: str) -> Adapter:
-    """The tenant's adapter; ``NotFound`` for a missing id and for another tenant's (indistinguishable)."""
-    row = repository.get(session, tenant.id, adapter_id)
+    """The tenant's adapter, by its id or by its fine-tuned model id (``ft:…``, an alias); ``NotFound``
+    for a missing id and for another tenant's (indistinguishable)."""
+    row = None
+    if adapter_id.startswith(model_ids.PREFIX):
+        resolved = model_ids.resolve(session, tenant.id, adapter_id)
+        row = resolved.adapter if resolved is not None else None
+    else:
+        row = repository.get(session, tenant.id, adapter_id)
     if row is None:
         raise NotFound(f"no adapter with id {adapter_id!r}", param="adapter_id")
     return row
+
+
+def get_model_adapter(
+    session: Session, tenant: Tenant, model_id: str, store: ArtifactStore, registry: ModelRegistry
+) -> Adapter:
+    """Like ``get_adapter``, and a checkpoint id (``ft:…:ckpt-step-N``, ``ftjob-…:ckpt-step-N``) names
+    the adapter made from that checkpoint: an unsaved row (id: the checkpoint's) for downloads and
+    inference, whose files are built on first use (``domain.jobs.checkpoint_adapters``).
+
+    Raises:
+        NotFound: no such adapter, model or checkpoint of this tenant, or the checkpoint's files are gone.
+        BadRequest: the checkpoint's job is not a GRFT job.
+    """
+    if ":ckpt-step-" not in model_id:
+        return get_adapter(session, tenant, model_id)
+    resolved = model_ids.resolve(session, tenant.id, model_id)
+    if resolved is None or resolved.checkpoint is None or resolved.job is None:
+        raise NotFound(f"no checkpoint with id {model_id!r}", param="adapter_id")
+    job, checkpoint = resolved.job, resolved.checkpoint
+    key = checkpoint_adapter(session, store, registry, job, checkpoint)
+    config = json.loads(store.open(f"{key}/{CONFIG_NAME}").read())
+    size = sum(m.size for m in store_members(store, key))
+    # Never added to the session: it describes the checkpoint's adapter, it is not a stored adapter.
+    return Adapter(
+        id=checkpoint.id,
+        tenant_id=tenant.id,
+        job_id=job.id,
+        base_model=job.model,
+        method="grft",
+        uri=store.uri(key),
+        bytes=size,
+        config=config,
+        created_at=checkpoint.created_at,
+    )
 
 
 def to_schema(row: Adapter) -> schemas.Adapter:

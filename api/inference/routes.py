@@ -13,7 +13,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Path
 from sqlalchemy.orm import Session
 
-from api.adapters.service import get_adapter
+from api.adapters.service import get_model_adapter
 from api.deps import InferenceDep, RateLimiterDep, SessionDep, SettingsDep, TenantDep
 from api.errors import BadRequest, NotFound, PayloadTooLarge, RateLimited, Unauthorized, error_responses
 from api.inference.body import read_inputs, read_predictions, request_body_doc
@@ -29,7 +29,9 @@ from api.inference.schemas import (
 )
 from api.inference.service import AdapterRef, InferenceService, Ranked
 from domain.auth.models import Tenant
+from domain.jobs.model_ids import MAX_MODEL_ID
 from domain.settings import Settings
+from grft_core import ModelRegistry
 from grft_core.errors import AdapterError, FingerprintMismatch, ModelNotFound
 
 router = APIRouter(tags=["inference"])
@@ -62,14 +64,22 @@ def _check_count(count: int, settings: Settings, param: str) -> None:
 
 
 def adapter_refs(
-    session: Session, tenant: Tenant, store: Any, ids: Sequence[str], params: Sequence[str]
+    session: Session,
+    tenant: Tenant,
+    store: Any,
+    ids: Sequence[str],
+    params: Sequence[str],
+    registry: ModelRegistry | None = None,
 ) -> list[AdapterRef]:
-    """Each id's adapter of this tenant, as a ref (a 404 names the first item whose adapter is unknown)."""
+    """Each id's adapter of this tenant, as a ref (a 404 names the first item whose adapter is unknown).
+
+    An id is an adapter id, a fine-tuned model id (``ft:…``) or a checkpoint's (``…:ckpt-step-N``)."""
     rows: dict[str, AdapterRef] = {}
     for adapter_id, param in zip(ids, params, strict=True):
         if adapter_id not in rows:
             try:
-                rows[adapter_id] = AdapterRef.from_row(get_adapter(session, tenant, adapter_id), store)
+                row = get_model_adapter(session, tenant, adapter_id, store, registry or ModelRegistry())
+                rows[adapter_id] = AdapterRef.from_row(row, store)
             except NotFound as exc:
                 raise NotFound(f"{param}: {exc.message}", param=param) from exc
     # End the read-only unit of work now, so no pooled database connection waits on the model.
@@ -120,7 +130,7 @@ def _run(
     responses=_ERRORS,
 )
 def predict(
-    adapter_id: Annotated[str, Path(min_length=1, max_length=64)],
+    adapter_id: Annotated[str, Path(min_length=1, max_length=MAX_MODEL_ID)],
     # Authentication resolves before the body is read: an anonymous caller is refused without upload.
     tenant: LimitedTenantDep,
     session: SessionDep,
@@ -130,7 +140,7 @@ def predict(
     raw: Annotated[list[RawInput], Depends(read_inputs)],
 ) -> PredictionList:
     """One prediction per input, in input order: the label, its probability and the top 5."""
-    ref = adapter_refs(session, tenant, inference.store, [adapter_id], ["adapter_id"])[0]
+    ref = adapter_refs(session, tenant, inference.store, [adapter_id], ["adapter_id"], inference.registry)[0]
     _check_count(len(raw), settings, "inputs")
     return _run(inference, raw, [ref] * len(raw), settings, tenant, limiter)
 
@@ -150,9 +160,8 @@ def predictions(
     """
     _check_count(len(body.items), settings, "items")
     ids = [item.adapter for item in body.items]
-    refs = adapter_refs(
-        session, tenant, inference.store, ids, [f"items[{i}].adapter" for i in range(len(ids))]
-    )
+    params = [f"items[{i}].adapter" for i in range(len(ids))]
+    refs = adapter_refs(session, tenant, inference.store, ids, params, inference.registry)
     raw = [
         RawInput("image", item.input.image, f"items[{i}].input.image")
         if item.input.image is not None

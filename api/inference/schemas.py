@@ -22,6 +22,7 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from api.errors import PayloadTooLarge
+from domain.jobs.model_ids import MAX_MODEL_ID
 from domain.settings import Settings
 from grft_core.data.images import decode_image
 from grft_core.data.limits import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_TEXT_CHARS
@@ -58,7 +59,11 @@ class PredictionItem(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    adapter: str = Field(min_length=1, max_length=64, description="An adapter id of this organization.")
+    adapter: str = Field(
+        min_length=1,
+        max_length=MAX_MODEL_ID,
+        description="An adapter id of this organization, or a fine-tuned model or checkpoint id (ft:…).",
+    )
     input: PredictInput
 
 

@@ -49,7 +49,14 @@ MAX_METADATA_FILTERS = 16
 @router.post(
     "",
     responses=error_responses(
-        Unauthorized, NotFound, ModelNotFound, ConfigError, DatasetRejected, Conflict, QuotaExceeded
+        Unauthorized,
+        BadRequest,
+        NotFound,
+        ModelNotFound,
+        ConfigError,
+        DatasetRejected,
+        Conflict,
+        QuotaExceeded,
     ),
 )
 def create_job(
@@ -119,6 +126,26 @@ def retrieve_job(job_id: JobId, session: SessionDep, tenant: TenantDep) -> Job:
 def cancel_job(job_id: JobId, session: SessionDep, tenant: TenantDep) -> Job:
     job = service.cancel(session, tenant.id, job_id)
     session.commit()
+    return Job.of(job)
+
+
+@router.post("/{job_id}/pause", responses=error_responses(Unauthorized, NotFound, Conflict))
+def pause_job(job_id: JobId, session: SessionDep, tenant: TenantDep) -> Job:
+    """Pause: a queued job at once (``paused``); a running one (``pausing``) stops right after its next
+    checkpoint is stored, so no step is lost. A paused job holds its place in the active-job quota."""
+    job = service.pause(session, tenant.id, job_id)
+    session.commit()
+    return Job.of(job)
+
+
+@router.post("/{job_id}/resume", responses=error_responses(Unauthorized, NotFound, Conflict))
+def resume_job(job_id: JobId, session: SessionDep, tenant: TenantDep, settings: SettingsDep) -> Job:
+    """Resume a paused job: queued again, it continues from its last checkpoint (a ``pausing`` job just
+    keeps running)."""
+    job, queued = service.resume(session, tenant.id, job_id)
+    session.commit()
+    if queued:  # only after the commit, as for a new job
+        queue.publish_run(settings, job.id)
     return Job.of(job)
 
 
@@ -198,8 +225,8 @@ async def _event_stream(
 def list_checkpoints(
     job_id: JobId, session: SessionDep, tenant: TenantDep, after: Cursor = None, limit: Limit = 10
 ) -> CheckpointList:
-    rows, has_more = service.checkpoints_page(session, tenant.id, job_id, after=after, limit=limit)
-    return CheckpointList.of([Checkpoint.of(c) for c in rows], has_more)
+    job, rows, has_more = service.checkpoints_page(session, tenant.id, job_id, after=after, limit=limit)
+    return CheckpointList.of([Checkpoint.of(c, job) for c in rows], has_more)
 
 
 @router.get(
@@ -208,5 +235,6 @@ def list_checkpoints(
     responses=error_responses(Unauthorized, NotFound),
 )
 def job_metrics(job_id: JobId, session: SessionDep, tenant: TenantDep) -> Metrics:
-    """Loss, accuracy and learning-rate curves: ``{"train_loss": [{"step", "value"}], ...}``."""
+    """Curves: ``steps`` (step, epoch, train_loss, train_accuracy, lr), one point per optimizer step,
+    and ``epochs`` (epoch, step, train_loss, valid_loss, valid_accuracy, …), one per finished epoch."""
     return service.metrics(session, tenant.id, job_id)

@@ -26,6 +26,8 @@ from pydantic.fields import FieldInfo
 from api.files.schemas import unix
 from api.pagination import CursorPage
 from domain.jobs import models
+from domain.jobs.integrations import MAX_INTEGRATIONS, Integration
+from domain.jobs.model_ids import MAX_MODEL_ID, SUFFIX_PATTERN, checkpoint_model_id, fine_tuned_model_id
 from domain.jobs.states import JobStatus
 from grft_core.method import METHOD_OPTIONS, GRFTConfig, Options, TrainingOptions, public_name
 from grft_core.method.options import Seed
@@ -149,11 +151,23 @@ else:
 
 
 class JobCreate(_Request):
-    model: str = Field(min_length=1, max_length=128)
+    model: str = Field(
+        min_length=1,
+        max_length=MAX_MODEL_ID,
+        description=(
+            "A base model, or a fine-tuned model or checkpoint of yours to continue from "
+            "(``ft:…``, ``ft:…:ckpt-step-N``, ``ftjob-…:ckpt-step-N`` or its ``adapter-…`` id)"
+        ),
+    )
     training_file: str = Field(min_length=1, max_length=2048, description="a file id or a dataset URI")
     validation_file: str | None = Field(default=None, min_length=1, max_length=2048)
     seed: Seed | None = None
-    suffix: str | None = Field(default=None, max_length=64, pattern=r"^[A-Za-z0-9._-]*$")
+    suffix: str | None = Field(
+        default=None,
+        max_length=64,
+        pattern=SUFFIX_PATTERN,
+        description="Up to 64 letters, digits, '-' and '_'; part of the fine-tuned model id",
+    )
     metadata: dict[MetadataKey, MetadataValue] | None = Field(default=None, max_length=16)
     hyperparameters: LegacyHyperparameters | None = None
     method: Method | None = None
@@ -228,6 +242,8 @@ class Job(BaseModel):
     trainable_params: int | None
     adapter_id: str | None
 
+            result_files=list(job.result_files or []),
+            trained_tokens=job.trained_tokens,
     @classmethod
     def of(cls, job: models.Job) -> Job:
         """The OpenAI job object; ``method`` shows the stored config under the request's names."""
@@ -242,8 +258,8 @@ class Job(BaseModel):
             id=job.id,
             created_at=unix(job.created_at),
             finished_at=unix(job.finished_at) if job.finished_at else None,
-            model=job.model,
-            fine_tuned_model=job.adapter_id if job.status == JobStatus.SUCCEEDED else None,
+            model=str((job.init_from or {}).get("model") or job.model),
+            fine_tuned_model=fine_tuned_model_id(job) if job.status == JobStatus.SUCCEEDED else None,
             organization_id=job.tenant_id,
             status=JobStatus(job.status),
             validation_file=job.validation_file,
@@ -308,25 +324,41 @@ class Checkpoint(BaseModel):
     metrics: dict[str, Any]
 
     @classmethod
-    def of(cls, checkpoint: models.JobCheckpoint) -> Checkpoint:
+    def of(cls, checkpoint: models.JobCheckpoint, job: models.Job) -> Checkpoint:
         return cls(
             id=checkpoint.id,
             created_at=unix(checkpoint.created_at),
-            fine_tuned_model_checkpoint=f"{checkpoint.job_id}:ckpt-step-{checkpoint.step}",
+            fine_tuned_model_checkpoint=checkpoint_model_id(job, checkpoint.step),
             fine_tuning_job_id=checkpoint.job_id,
             step_number=checkpoint.step,
-            metrics={"step": checkpoint.step, **(checkpoint.metrics or {})},
+            metrics=openai_metrics(checkpoint.step, checkpoint.metrics or {}),
         )
+
+
+#: Our metric names and OpenAI's. Our validation runs over the whole validation set at each epoch's
+#: end, so it is both OpenAI's ``valid_*`` and ``full_valid_*``; a classifier's accuracy fills the
+#: ``*_mean_token_accuracy`` fields (the share of right answers, as a token accuracy is for text).
+OPENAI_METRICS: dict[str, tuple[str, ...]] = {
+    "val_loss": ("valid_loss", "full_valid_loss"),
+    "val_accuracy": ("valid_mean_token_accuracy", "full_valid_mean_token_accuracy"),
+    "valid_loss": ("full_valid_loss",),
+    "valid_accuracy": ("valid_mean_token_accuracy", "full_valid_mean_token_accuracy"),
+    "train_accuracy": ("train_mean_token_accuracy",),
+}
+
+
+def openai_metrics(step: int, stored: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's metrics under OpenAI's names, our own names kept (the dashboard reads them)."""
+    shown: dict[str, Any] = {"step": step, **stored}
+    for ours, theirs in OPENAI_METRICS.items():
+        if stored.get(ours) is not None:
+            for name in theirs:
+                shown.setdefault(name, stored[ours])
+    return shown
 
 
 class CheckpointList(CursorPage[Checkpoint]):
     pass
-
-
-class MetricPoint(BaseModel):
-    step: int | None = None
-    epoch: float | None = None
-    value: float
 
 
 # Series name -> points, e.g. {"train_loss": [{"step": 10, "value": 0.7}], "val_accuracy": [...]}.

@@ -16,18 +16,19 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from api.errors import Conflict, JobNotFinished, NotFound, QuotaExceeded
+from api.errors import BadRequest, Conflict, JobNotFinished, NotFound, QuotaExceeded
 from api.jobs import schemas
 from domain.artifacts import ArtifactStore, job_key
 from domain.dataset_uris import check_dataset_uri
 from domain.db import utcnow
 from domain.files import repository as files_repository
 from domain.ids import new_id
-from domain.jobs import lifecycle, repository
+from domain.jobs import lifecycle, model_ids, repository
+from domain.jobs.integrations import check_integrations
 from domain.jobs.models import Job, JobCheckpoint, JobEvent
 from domain.jobs.states import TERMINAL, UNFINISHED
 from domain.settings import Settings
-from grft_core.errors import ConfigError
+from grft_core.errors import ConfigError, ModelNotFound
 from grft_core.method import GRFTConfig, public_name
 from grft_core.models.registry import BUILTIN_MODELS, ModelRegistry
 
@@ -81,6 +82,41 @@ def check_model(settings: Settings, name: str) -> None:
 
 def check_dataset(session: Session, tenant_id: str, settings: Settings, value: str, param: str) -> str:
     """Accept a file id of this tenant, or a URI that ``domain.dataset_uris`` allows.
+def resolve_model(
+    session: Session, tenant_id: str, settings: Settings, body: schemas.JobCreate
+) -> tuple[str, dict[str, Any] | None]:
+    """The base model a job trains, and what it continues from when ``model`` names a fine-tuned model
+    or a checkpoint of the tenant's (``Job.init_from``): its base is trained, starting from its rows.
+
+    Raises:
+        ModelNotFound: an unknown base model, or no such fine-tuned model or checkpoint of this tenant.
+        BadRequest: a fine-tuned model that is not GRFT (only GRFT rows can be continued), or a method
+            other than GRFT for the continuation.
+    """
+    if not model_ids.looks_fine_tuned(body.model):
+        check_model(settings, body.model)
+        return body.model, None
+    resolved = model_ids.resolve(session, tenant_id, body.model)
+    if resolved is None:
+        raise ModelNotFound(
+            f"no fine-tuned model or checkpoint {body.model!r} in this organization", param="model"
+        )
+    method = resolved.adapter.method if resolved.adapter is not None else None
+    if method is None and resolved.job is not None:
+        method = str((resolved.job.method or {}).get("method", "grft"))
+    if method != "grft":
+        raise BadRequest(
+            f"only GRFT models can be continued; {body.model!r} was trained with {method!r}", param="model"
+        )
+    if body.method is not None and body.method.type != "grft":
+        raise BadRequest(
+            "a job that continues a GRFT model trains with GRFT: its rows are the ones it continues",
+            param="method.type",
+        )
+    check_model(settings, resolved.base_model)
+    return resolved.base_model, model_ids.origin(resolved)
+
+
 
     Raises:
         NotFound: an unknown file id (another tenant's included).
@@ -107,7 +143,7 @@ def create(
         earlier = replay(session, tenant_id, idempotency_key, digest)
         if earlier is not None:
             return earlier, False
-    check_model(settings, body.model)
+    base_model, init_from = resolve_model(session, tenant_id, settings, body)
     training_file = check_dataset(session, tenant_id, settings, body.training_file, "training_file")
     validation_file = None
     if body.validation_file is not None:
@@ -118,7 +154,8 @@ def create(
     job = Job(
         id=new_id("ftjob"),
         tenant_id=tenant_id,
-        model=body.model,
+        model=base_model,
+        init_from=init_from,
         training_file=training_file,
         validation_file=validation_file,
         method=config,
@@ -212,6 +249,26 @@ def cancel(session: Session, tenant_id: str, job_id: str) -> Job:
 def delete(session: Session, tenant_id: str, store: ArtifactStore, job_id: str) -> list[str]:
     """Delete a finished job with its events, checkpoints and adapter; returns the deleted adapters'
     ids, which the caller makes the inference caches forget once the deletion is committed.
+def pause(session: Session, tenant_id: str, job_id: str) -> Job:
+    """Pause a queued job now; a running one stops right after its next checkpoint.
+
+    Raises:
+        NotFound: no such job for this tenant.
+        Conflict: the job is validating its files, cancelling or finished.
+    """
+    return lifecycle.pause(session, tenant_id, job_id)
+
+
+def resume(session: Session, tenant_id: str, job_id: str) -> tuple[Job, bool]:
+    """Queue a paused job again (True: publish its run once committed).
+
+    Raises:
+        NotFound: no such job for this tenant.
+        Conflict: the job is not paused or pausing.
+    """
+    return lifecycle.resume(session, tenant_id, job_id)
+
+
 
     Rows go first (flushed, committed by the route), then files: if removing a file fails, the error
     rolls the rows back too, so the job stays listed and a retried DELETE finishes the work.
@@ -274,14 +331,16 @@ def poll_events(
 
 def checkpoints_page(
     session: Session, tenant_id: str, job_id: str, *, after: str | None, limit: int
-) -> tuple[list[JobCheckpoint], bool]:
-    get(session, tenant_id, job_id)
+) -> tuple[Job, list[JobCheckpoint], bool]:
+    """The job and a page of its checkpoints, latest step first."""
+    job = get(session, tenant_id, job_id)
     cursor = None
     if after is not None:
         cursor = repository.checkpoint(session, tenant_id, job_id, after)
         if cursor is None:
             raise NotFound(f"no checkpoint {after!r} in job {job_id}", param="after")
-    return repository.checkpoints_page(session, tenant_id, job_id, after=cursor, limit=limit)
+    rows, has_more = repository.checkpoints_page(session, tenant_id, job_id, after=cursor, limit=limit)
+    return job, rows, has_more
 
 
 def metrics(session: Session, tenant_id: str, job_id: str) -> schemas.Metrics:

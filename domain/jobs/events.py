@@ -1,4 +1,8 @@
-"""A job's event log (what ``GET …/events`` lists): every writer appends through ``add_event``."""
+"""A job's event log (what ``GET …/events`` lists): every writer appends through ``add_event``.
+
+``type`` stays within OpenAI's values, ``message`` or ``metrics``, so typed clients read every event;
+what kind of message it is (a selection, a checkpoint) goes in ``data["kind"]``, with the details.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,9 @@ from sqlalchemy.orm import Session
 from domain.db import utcnow
 from domain.ids import new_id
 from domain.jobs.models import JobEvent
+
+#: OpenAI's event types.
+EVENT_TYPES = ("message", "metrics")
 
 
 def clean_json(value: Any) -> Any:
@@ -32,6 +39,9 @@ def add_event(
     level: str = "info",
     data: dict[str, Any] | None = None,
 ) -> None:
+    if type not in EVENT_TYPES:  # our own kinds ride in the data
+        data = {"kind": type, **(data or {})}
+        type = "message"
     session.add(
         JobEvent(
             id=new_id("ftevent"),

@@ -22,7 +22,7 @@ from domain.db import utcnow
 from domain.errors import Conflict, NotFound
 from domain.ids import new_id
 from domain.jobs.events import add_event, clean_json
-from domain.jobs.states import TERMINAL, JobStatus, Trigger, next_status, sources
+from domain.jobs.states import TERMINAL, TRANSITIONS, JobStatus, Trigger, next_status, sources
 
 # Through domain.models, every mapped class is registered before the first flush (foreign keys resolve).
 from domain.models import Adapter, Job, JobCheckpoint
@@ -37,7 +37,7 @@ REPUBLISH_AFTER_S = 60.0
 
 _SYNC = {"synchronize_session": False}
 # The columns a heartbeat may carry along.
-_PROGRESS = frozenset({"steps_completed", "total_steps", "seconds_remaining"})
+_PROGRESS = frozenset({"steps_completed", "total_steps", "seconds_remaining", "progress"})
 
 
 @dataclass(frozen=True)
@@ -177,8 +177,7 @@ def checkpoint(
         session,
         lease.job_id,
         f"Checkpoint saved at step {step}",
-        type="checkpoint",
-        data={"step": step, "checkpoint_id": checkpoint_id},
+        data={"kind": "checkpoint", "step": step, "checkpoint_id": checkpoint_id},
     )
     return status
 
@@ -192,16 +191,47 @@ def ack_cancel(session: Session, lease: Lease) -> bool:
     return True
 
 
+def ack_pause(session: Session, lease: Lease, *, step: int | None = None, reason: str | None = None) -> bool:
+    """pausing → paused, releasing the lease; the attempt is given back (a pause is not a failure)."""
+    stmt = _move(
+        Trigger.ACK_PAUSE,
+        *_owned(lease),
+        attempt=Job.attempt - 1,
+        seconds_remaining=None,
+        **_released(utcnow()),
+    )
+    if _apply(session, stmt) is None:
+        return False
+    where = f" after the checkpoint at step {step}" if step is not None else ""
+    why = f" ({reason})" if reason else ""
+    add_event(
+        session,
+        lease.job_id,
+        f"The job was paused{where}{why}; resume it to continue from its last checkpoint",
+        data={"status": JobStatus.PAUSED, "step": step},
+    )
+    return True
+
+
 def succeed(
     session: Session, lease: Lease, adapter: Adapter, result: dict[str, Any], trainable_params: int
 ) -> bool:
-    """running → succeeded with its adapter (the Adapter row appears in the same commit)."""
+    """running → succeeded with its adapter (the Adapter row appears in the same commit).
+
+    ``result`` is the run's metrics document; its ``trained_tokens`` (tokens the training read, all
+    epochs counted, when the trainer counts them) and ``result_files`` (ids of files made for the
+    job) fill the job's fields of those names: whoever trains reports them there, in one place.
+    """
+    tokens = result.get("trained_tokens")
+    files = result.get("result_files")
     stmt = _move(
         Trigger.SUCCEED,
         *_owned(lease),
         adapter_id=adapter.id,
-        result=clean_json(result),
+        result=clean_json({k: v for k, v in result.items() if k != "result_files"}),
         trainable_params=trainable_params,
+        trained_tokens=int(tokens) if isinstance(tokens, int | float) and tokens >= 0 else None,
+        result_files=[str(f) for f in files] if isinstance(files, list) else None,
         error=None,
         **_ended(utcnow()),
     )
@@ -262,6 +292,8 @@ def end_attempt(
     """
     if ack_cancel(session, lease):
         return JobStatus.CANCELLED
+    if retry and ack_pause(session, lease, reason=message):  # the retry waits for the resume
+        return JobStatus.PAUSED
     if retry and requeue(session, lease, failure=message):
         return JobStatus.QUEUED
     if fail(session, lease, code=code, message=message, param=param):
@@ -270,41 +302,92 @@ def end_attempt(
     return JobStatus.CANCELLED if ack_cancel(session, lease) else None
 
 
-# --- the user's cancel ------------------------------------------------------------------------------
+# --- the user's cancel, pause and resume -------------------------------------------------------------
+
+_USER_MESSAGES: dict[Trigger, dict[bool, str]] = {
+    # trigger -> {whether the move ends the wait at once: event message}
+    Trigger.CANCEL: {
+        True: "Job cancelled",
+        False: "Cancellation requested; the job stops after its current step",
+    },
+    Trigger.PAUSE: {
+        True: "Job paused",
+        False: "Pause requested; the job stops right after its next checkpoint",
+    },
+    Trigger.RESUME: {True: "Job resumed; queued to continue from its last checkpoint", False: "Job resumed"},
+}
 
 
-def cancel(session: Session, tenant_id: str, job_id: str) -> Job:
-    """Cancel now if the job has not started; ask a running one to stop (``cancelling``).
+def _refusal(job_id: str, current: JobStatus, trigger: Trigger) -> Conflict:
+    if current in TERMINAL:
+        return Conflict(f"job {job_id} has already finished ({current}); there is nothing to {trigger}")
+    if trigger == Trigger.RESUME:
+        return Conflict(f"job {job_id} is {current}, not paused; there is nothing to resume")
+    return Conflict(f"a {current} job cannot be {trigger}d; wait until it is queued or running")
+
+
+def _user_move(session: Session, tenant_id: str, job_id: str, trigger: Trigger) -> tuple[Job, bool]:
+    """Apply a user's ``trigger`` to the tenant's job; returns the job and whether it moved.
 
     Raises:
         NotFound: the tenant has no such job.
-        Conflict: the job has already finished, or kept changing state under us.
+        Conflict: the table has no such move from the job's state, or the job kept changing state.
     """
     for _ in range(3):  # a worker may move the job between our read and our write
         job = session.scalars(select(Job).where(Job.tenant_id == tenant_id, Job.id == job_id)).first()
         if job is None:
             raise NotFound(f"no fine-tuning job {job_id!r}", param="fine_tuning_job_id")
         current = JobStatus(job.status)
-        if current in TERMINAL:
-            raise Conflict(f"job {job_id} has already finished ({current}); there is nothing to cancel")
-        target = next_status(current, Trigger.CANCEL)
-        if target == current:  # already cancelling
-            return job
-        ended = {"finished_at": utcnow()} if target in TERMINAL else {}
+        if (current, trigger) not in TRANSITIONS:
+            raise _refusal(job_id, current, trigger)
+        target = next_status(current, trigger)
+        if target == current:  # already asked
+            return job, False
+        values: dict[str, Any] = {"finished_at": utcnow()} if target in TERMINAL else {}
+        if target == JobStatus.QUEUED:  # the reconciler times the wait from now, and republishes if lost
+            values["enqueued_at"] = utcnow()
         mine = (Job.tenant_id == tenant_id, Job.id == job_id)
-        done = _apply(session, _move(Trigger.CANCEL, *mine, among=(current,), **ended))
+        done = _apply(session, _move(trigger, *mine, among=(current,), **values))
         session.refresh(job)
         if done is not None:
-            message = (
-                "Job cancelled"
-                if target in TERMINAL
-                else "Cancellation requested; the job stops after its current step"
-            )
-            add_event(session, job_id, message)
+            at_once = target in TERMINAL or target in (JobStatus.PAUSED, JobStatus.QUEUED)
+            add_event(session, job_id, _USER_MESSAGES[trigger][at_once], data={"status": target})
             job_finished(session, job_id, target)  # the webhook outbox, when the move ends the job
             session.flush()
-            return job
-    raise Conflict(f"job {job_id} kept changing state; retry the cancel")
+            return job, True
+    raise Conflict(f"job {job_id} kept changing state; retry the {trigger}")
+
+
+def cancel(session: Session, tenant_id: str, job_id: str) -> Job:
+    """Cancel now if the job has not started (or is paused); ask a running one to stop (``cancelling``).
+
+    Raises:
+        NotFound: the tenant has no such job.
+        Conflict: the job has already finished, or kept changing state under us.
+    """
+    return _user_move(session, tenant_id, job_id, Trigger.CANCEL)[0]
+
+
+def pause(session: Session, tenant_id: str, job_id: str) -> Job:
+    """Pause a queued job now; ask a running one to stop after its next checkpoint (``pausing``).
+
+    Raises:
+        NotFound: the tenant has no such job.
+        Conflict: the job is validating its files, cancelling or finished.
+    """
+    return _user_move(session, tenant_id, job_id, Trigger.PAUSE)[0]
+
+
+def resume(session: Session, tenant_id: str, job_id: str) -> tuple[Job, bool]:
+    """Queue a paused job again (True: publish its run after the commit), or take back a pause that
+    has not happened yet (``pausing`` → ``running``).
+
+    Raises:
+        NotFound: the tenant has no such job.
+        Conflict: the job is not paused or pausing.
+    """
+    job, moved = _user_move(session, tenant_id, job_id, Trigger.RESUME)
+    return job, moved and job.status == JobStatus.QUEUED
 
 
 # --- the reconciler ---------------------------------------------------------------------------------
@@ -328,6 +411,11 @@ def rescue(session: Session, *, lease_seconds: float, now: datetime | None = Non
     for (job_id,) in _returning(session, _move(Trigger.ACK_CANCEL, stale, **ended)):
         add_event(session, job_id, "The job was cancelled", level="warning")
         job_finished(session, job_id, JobStatus.CANCELLED)
+    paused = _move(
+        Trigger.ACK_PAUSE, stale, attempt=Job.attempt - 1, seconds_remaining=None, **_released(now)
+    )
+    for (job_id,) in _returning(session, paused):
+        add_event(session, job_id, "The job was paused; resume it to continue from its last checkpoint")
 
     running = (JobStatus.RUNNING,)
     gone = "the worker running this job stopped responding, and no attempts remain"

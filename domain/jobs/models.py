@@ -52,6 +52,12 @@ class Job(Base):
     result: Mapped[dict[str, Any] | None] = mapped_column(default=None)
     idempotency_key: Mapped[str | None] = mapped_column(String(255), default=None)
     request_hash: Mapped[str | None] = mapped_column(String(64), default=None)
+    # Tokens the training read, all epochs counted (text jobs); set with the success.
+    trained_tokens: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    # Ids of the files made at success (the results CSV), OpenAI's ``result_files``.
+    result_files: Mapped[list[str] | None] = mapped_column(JSON, default=None)
+    # The fine-tuned model or checkpoint this job continues from (``domain.jobs.model_ids.Origin``).
+    init_from: Mapped[dict[str, Any] | None] = mapped_column(default=None)
     # Experiment trackers the worker reports to (``[{"type": "wandb", "wandb": {...}}]``, or mlflow).
     integrations: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, default=None)
 

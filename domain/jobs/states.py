@@ -5,6 +5,15 @@
        │        └──fail──▶ failed      │  └────requeue─────┤──fail──▶ failed
        └──cancel──▶ cancelled ◀─cancel─┘                   └──cancel──▶ cancelling ──ack_cancel──▶ cancelled
 
+Pausing (OpenAI's ``pause``/``resume``): a queued job is paused at once; a running one is asked to
+stop (``pausing``) and stops right after its next checkpoint is stored (``ack_pause``), so no step is
+lost; ``resume`` queues a paused job again, to continue from that checkpoint.
+
+    queued ──pause──▶ paused ◀──ack_pause── pausing ◀──pause── running
+                        │                    │  └──resume──▶ running (the pause had not happened yet)
+                        ├──resume──▶ queued  ├──succeed / fail──▶ succeeded / failed
+                        └──cancel──▶ cancelled └──cancel──▶ cancelling
+
 The other moves are self-loops that change the lease or the clocks, not the state: claim_validation,
 heartbeat, checkpoint, republish, and a repeated cancel of a cancelling job.
 Every other (state, trigger) pair is refused: the table below is the whole of what may happen to a job.
@@ -20,11 +29,13 @@ from types import MappingProxyType
 
 
 class JobStatus(StrEnum):
-    """The ``status`` of a fine-tuning job, with OpenAI's values plus ``cancelling``."""
+    """The ``status`` of a fine-tuning job, with OpenAI's values plus ``cancelling`` and ``pausing``."""
 
     VALIDATING_FILES = "validating_files"
     QUEUED = "queued"
     RUNNING = "running"
+    PAUSING = "pausing"
+    PAUSED = "paused"
     CANCELLING = "cancelling"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
@@ -45,6 +56,11 @@ class Trigger(StrEnum):
     CANCEL = "cancel"  # the user asks
     ACK_CANCEL = "ack_cancel"  # the lease holder, or the reconciler when none is alive, honours it
     REPUBLISH = "republish"  # the reconciler resends a message that may have been lost
+    PAUSE = "pause"  # the user asks
+    ACK_PAUSE = (
+        "ack_pause"  # the lease holder stored a checkpoint and stopped (or the reconciler, none alive)
+    )
+    RESUME = "resume"  # the user asks
 
 
 _S, _T = JobStatus, Trigger
@@ -73,6 +89,20 @@ TRANSITIONS: Mapping[tuple[JobStatus, Trigger], JobStatus] = MappingProxyType(
         (_S.CANCELLING, _T.CHECKPOINT): _S.CANCELLING,
         (_S.CANCELLING, _T.CANCEL): _S.CANCELLING,
         (_S.CANCELLING, _T.ACK_CANCEL): _S.CANCELLED,
+        (_S.QUEUED, _T.PAUSE): _S.PAUSED,
+        (_S.RUNNING, _T.PAUSE): _S.PAUSING,
+        (_S.PAUSING, _T.PAUSE): _S.PAUSING,
+        (_S.PAUSED, _T.PAUSE): _S.PAUSED,
+        (_S.PAUSING, _T.HEARTBEAT): _S.PAUSING,
+        (_S.PAUSING, _T.CHECKPOINT): _S.PAUSING,
+        (_S.PAUSING, _T.ACK_PAUSE): _S.PAUSED,
+        # The run ended before a checkpoint let it stop: its verdict stands.
+        (_S.PAUSING, _T.SUCCEED): _S.SUCCEEDED,
+        (_S.PAUSING, _T.FAIL): _S.FAILED,
+        (_S.PAUSING, _T.CANCEL): _S.CANCELLING,
+        (_S.PAUSING, _T.RESUME): _S.RUNNING,
+        (_S.PAUSED, _T.RESUME): _S.QUEUED,
+        (_S.PAUSED, _T.CANCEL): _S.CANCELLED,
     }
 )
 

@@ -71,7 +71,7 @@ class TestListAdapters:
         assert response.json()["error"]["param"] == "after"
 
     def test_limit_is_bounded(self, client, auth) -> None:
-        assert client.get("/v1/adapters", params={"limit": 101}, headers=auth).status_code == 422
+        assert client.get("/v1/adapters", params={"limit": 101}, headers=auth).status_code == 400
 
     def test_anonymous_is_401(self, client) -> None:
         assert client.get("/v1/adapters").status_code == 401
@@ -138,7 +138,7 @@ class TestAdapterContent:
         assert all(module.endswith(targets) for module in row.config["modules"])
         assert "adapter_model.safetensors" in files
 
-    def test_peft_lora_of_a_non_grft_adapter_is_422(
+    def test_peft_lora_of_a_non_grft_adapter_is_400(
         self, client, auth, add_adapter, cnn_dir, tmp_path
     ) -> None:
         probe = tmp_path / "probe"
@@ -149,14 +149,14 @@ class TestAdapterContent:
 
         response = client.get(f"/v1/adapters/{row.id}/content", params={"format": "peft_lora"}, headers=auth)
 
-        assert response.status_code == 422
+        assert response.status_code == 400
         assert response.json()["error"]["code"] == "invalid_adapter"
 
-    def test_unknown_format_is_422(self, client, auth, add_adapter) -> None:
+    def test_unknown_format_is_400(self, client, auth, add_adapter) -> None:
         response = client.get(
             f"/v1/adapters/{add_adapter().id}/content", params={"format": "zip"}, headers=auth
         )
-        assert response.status_code == 422
+        assert response.status_code == 400
 
     def test_missing_files_are_404(self, client, auth, add_adapter, settings) -> None:
         row = add_adapter()

@@ -106,28 +106,28 @@ class TestPredictJson:
         data_url = predict(client, row.id, [{"image": "data:image/png;base64," + b64(digit_pngs[0])}], auth)
         assert data_url.json() == plain
 
-    def test_too_many_items_is_422(self, client, auth, add, cnn10, settings) -> None:
+    def test_too_many_items_is_400(self, client, auth, add, cnn10, settings) -> None:
         settings.predict_max_items = 2
         response = predict(client, add(cnn10).id, [{"image": b64(png())}] * 3, auth)
-        assert response.status_code == 422
+        assert response.status_code == 400
         assert response.json()["error"]["param"] == "inputs"
 
     def test_bad_base64_names_the_input(self, client, auth, add, cnn10) -> None:
         response = predict(client, add(cnn10).id, [{"image": b64(png())}, {"image": "not base64!"}], auth)
-        assert response.status_code == 422
+        assert response.status_code == 400
         error = response.json()["error"]
         assert error["param"] == "inputs[1].image"
         assert "inputs[1]" in error["message"]
 
-    def test_undecodable_image_is_422(self, client, auth, add, cnn10) -> None:
+    def test_undecodable_image_is_400(self, client, auth, add, cnn10) -> None:
         response = predict(client, add(cnn10).id, [{"image": b64(b"GIF89a but not really")}], auth)
-        assert response.status_code == 422
+        assert response.status_code == 400
         assert response.json()["error"]["param"] == "inputs[0].image"
 
-    def test_decompression_bomb_is_422(self, client, auth, add, cnn10, monkeypatch) -> None:
+    def test_decompression_bomb_is_400(self, client, auth, add, cnn10, monkeypatch) -> None:
         monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 600)  # 32x32 = 1,024 pixels: "a bomb"
         response = predict(client, add(cnn10).id, [{"image": b64(png(32))}], auth)
-        assert response.status_code == 422
+        assert response.status_code == 400
         assert "decompression bomb" in response.json()["error"]["message"]
 
     def test_oversized_input_is_413(self, client, auth, add, cnn10, settings) -> None:
@@ -141,14 +141,14 @@ class TestPredictJson:
         response = predict(client, add(cnn10).id, [{"text": "x" * 100_000}], auth)
         assert response.status_code == 413
 
-    def test_text_to_an_image_adapter_is_422(self, client, auth, add, cnn10) -> None:
+    def test_text_to_an_image_adapter_is_400(self, client, auth, add, cnn10) -> None:
         response = predict(client, add(cnn10).id, [{"image": b64(png())}, {"text": "hello"}], auth)
-        assert response.status_code == 422
+        assert response.status_code == 400
         assert response.json()["error"]["param"] == "inputs[1].text"
 
-    def test_image_to_a_text_adapter_is_422(self, client, auth, add, bert) -> None:
+    def test_image_to_a_text_adapter_is_400(self, client, auth, add, bert) -> None:
         response = predict(client, add(bert).id, [{"image": b64(png())}], auth)
-        assert response.status_code == 422
+        assert response.status_code == 400
         assert response.json()["error"]["param"] == "inputs[0].image"
 
     @pytest.mark.parametrize(
@@ -160,9 +160,9 @@ class TestPredictJson:
             ({"inputs": [{"text": "ok"}], "extra": 1}, "extra"),
         ],
     )
-    def test_malformed_body_is_422(self, client, auth, add, cnn10, body, param) -> None:
+    def test_malformed_body_is_400(self, client, auth, add, cnn10, body, param) -> None:
         response = client.post(f"/v1/adapters/{add(cnn10).id}/predict", json=body, headers=auth)
-        assert response.status_code == 422
+        assert response.status_code == 400
         assert response.json()["error"]["param"] == param
 
     def test_anonymous_is_401(self, client, add, cnn10) -> None:
@@ -202,27 +202,27 @@ class TestPredictMultipart:
         as_json = predict(client, row.id, [{"image": b64(p)} for p in digit_pngs[:3]], auth)
         assert response.json() == as_json.json()
 
-    def test_too_many_files_is_422(self, client, auth, add, cnn10, settings) -> None:
+    def test_too_many_files_is_400(self, client, auth, add, cnn10, settings) -> None:
         settings.predict_max_items = 1
         files = [("files", (f"{i}.png", png(), "image/png")) for i in range(4)]
         response = client.post(f"/v1/adapters/{add(cnn10).id}/predict", files=files, headers=auth)
-        assert response.status_code == 422
+        assert response.status_code == 400
         assert response.json()["error"]["param"] == "files"
 
     def test_bad_image_names_the_file(self, client, auth, add, cnn10) -> None:
         files = [("files", ("a.png", png(), "image/png")), ("files", ("b.png", b"nope", "image/png"))]
         response = client.post(f"/v1/adapters/{add(cnn10).id}/predict", files=files, headers=auth)
-        assert response.status_code == 422
+        assert response.status_code == 400
         assert response.json()["error"]["param"] == "files[1]"
 
-    def test_other_fields_are_422(self, client, auth, add, cnn10) -> None:
+    def test_other_fields_are_400(self, client, auth, add, cnn10) -> None:
         response = client.post(
             f"/v1/adapters/{add(cnn10).id}/predict",
             files=[("files", ("a.png", png(), "image/png"))],
             data={"note": "hi"},
             headers=auth,
         )
-        assert response.status_code == 422
+        assert response.status_code == 400
         assert response.json()["error"]["param"] == "note"
 
     def test_anonymous_is_401(self, client, add, cnn10) -> None:
@@ -335,7 +335,7 @@ class TestInferenceService:
         (probe / "adapter_config.json").write_text(json.dumps({**config, "method": "full"}))
         row = add(probe)
         response = predict(client, row.id, [{"image": b64(png())}], auth)
-        assert response.status_code == 422
+        assert response.status_code == 400
         assert response.json()["error"]["code"] == "invalid_adapter"
         service: InferenceService = app.state.services.inference
         assert service.cached_ids() == []
@@ -351,4 +351,4 @@ class TestOpenApi:
             content["application/json"]["schema"]["properties"]["inputs"]["items"]["additionalProperties"]
             is False
         )
-        assert {"401", "404", "413", "422"} <= set(operation["responses"])
+        assert {"401", "404", "413", "400"} <= set(operation["responses"])

@@ -64,10 +64,10 @@ def test_wrong_modality_and_bad_input_name_the_item(client, auth, add, cnn10, be
         ],
         auth,
     )
-    assert response.status_code == 422
+    assert response.status_code == 400
     assert response.json()["error"]["param"] == "items[1].input.image"
     bad = batch(client, [{"adapter": image_row.id, "input": {"image": "not base64!"}}], auth)
-    assert bad.status_code == 422
+    assert bad.status_code == 400
     assert bad.json()["error"]["param"] == "items[0].input.image"
 
 
@@ -80,9 +80,9 @@ def test_wrong_modality_and_bad_input_name_the_item(client, auth, add, cnn10, be
         ({"items": [{"adapter": "a", "input": {"text": "x"}, "extra": 1}]}, "items[0].extra"),
     ],
 )
-def test_malformed_body_is_422(client, auth, body, param) -> None:
+def test_malformed_body_is_400(client, auth, body, param) -> None:
     response = client.post("/v1/predictions", json=body, headers=auth)
-    assert response.status_code == 422
+    assert response.status_code == 400
     assert response.json()["error"]["param"] == param
 
 
@@ -91,7 +91,7 @@ def test_item_limit_and_anonymous(client, auth, add, cnn10, settings) -> None:
     settings.predict_max_items = 2
     item = {"adapter": row.id, "input": {"image": b64(png())}}
     response = batch(client, [item] * 3, auth)
-    assert response.status_code == 422
+    assert response.status_code == 400
     assert response.json()["error"]["param"] == "items"
     assert batch(client, [item], {}).status_code == 401
 

@@ -1,4 +1,4 @@
-"""Corrupt adapter files answer 422 ``invalid_adapter`` (or 409 with a code) on every route that loads
+"""Corrupt adapter files answer 400 ``invalid_adapter`` (or 409 with a code) on every route that loads
 an adapter — the PEFT download, one-adapter and batched predictions, pin and preload — never a 500.
 
 Each case stores a copy of a real trained adapter whose files were damaged on disk (truncated, NaN
@@ -82,13 +82,13 @@ def _past_end_unrecorded(folder: Path) -> None:
 
 # case → (damage, status, error code)
 CASES: dict[str, tuple[Corrupt, int, str]] = {
-    "truncated": (_truncate, 422, "invalid_adapter"),
-    "garbage": (lambda f: (f / WEIGHTS_NAME).write_bytes(b"{not safetensors"), 422, "invalid_adapter"),
-    "nan-delta": (_tensors(_nan_delta), 422, "invalid_adapter"),
-    "index-minus-one": (_tensors(_index(-1, 0)), 422, "invalid_adapter"),
-    "index-past-end": (_tensors(_index(1_000_000, -1)), 422, "invalid_adapter"),
-    "index-past-end-unrecorded": (_past_end_unrecorded, 422, "invalid_adapter"),
-    "config-not-json": (lambda f: (f / CONFIG_NAME).write_text("{"), 422, "invalid_adapter"),
+    "truncated": (_truncate, 400, "invalid_adapter"),
+    "garbage": (lambda f: (f / WEIGHTS_NAME).write_bytes(b"{not safetensors"), 400, "invalid_adapter"),
+    "nan-delta": (_tensors(_nan_delta), 400, "invalid_adapter"),
+    "index-minus-one": (_tensors(_index(-1, 0)), 400, "invalid_adapter"),
+    "index-past-end": (_tensors(_index(1_000_000, -1)), 400, "invalid_adapter"),
+    "index-past-end-unrecorded": (_past_end_unrecorded, 400, "invalid_adapter"),
+    "config-not-json": (lambda f: (f / CONFIG_NAME).write_text("{"), 400, "invalid_adapter"),
     "other-base-weights": (_config(_other_base), 409, "fingerprint_mismatch"),
 }
 
@@ -172,6 +172,6 @@ def test_finite_deltas_that_overflow_are_refused_not_500(client, auth, stored, r
 
     response = ROUTES[route](client, row.id, auth)
 
-    assert response.status_code == 422, response.text
+    assert response.status_code == 400, response.text
     assert response.json()["error"]["code"] == "invalid_adapter"
     assert "non-finite scores" in response.json()["error"]["message"]

@@ -39,7 +39,7 @@ PUBLIC_PATHS = {
     "/dashboard/{name}": "the dashboard's own static files (a fixed list), the same for everyone",
 }
 
-# Bodies for routes that validate one before they look the object up (a 422 would hide the 404).
+# Bodies for routes that validate one before they look the object up (a 400 would hide the 404).
 BODIES: dict[str, dict[str, Any]] = {
     "predict": {"inputs": [{"image": b64(png())}]},
 }

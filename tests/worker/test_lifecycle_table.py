@@ -78,6 +78,17 @@ def apply(settings: Settings, trigger: Trigger, job_id: str, tenant_id: str) -> 
             case Trigger.REPUBLISH:
                 due = lifecycle.republish(session, lease_seconds=settings.lease_seconds)
                 return any(task_job == job_id for _, task_job in due)
+            case Trigger.PAUSE | Trigger.RESUME:
+                try:
+                    if trigger == Trigger.PAUSE:
+                        lifecycle.pause(session, tenant_id, job_id)
+                    else:
+                        lifecycle.resume(session, tenant_id, job_id)
+                except Conflict:
+                    return False
+                return True
+            case Trigger.ACK_PAUSE:
+                return lifecycle.ack_pause(session, lease, step=2)
     raise AssertionError(f"no function applies {trigger}")
 
 

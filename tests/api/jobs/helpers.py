@@ -55,6 +55,8 @@ def published(broker: redis.Redis, queue: str) -> list[tuple[str, list[Any]]]:
 JOB_ENDPOINTS = [
     ("GET", ""),
     ("POST", "/cancel"),
+    ("POST", "/pause"),
+    ("POST", "/resume"),
     ("GET", "/events"),
     ("GET", "/events?stream=true"),
     ("GET", "/checkpoints"),

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
-from domain.jobs.models import JobCheckpoint
+from domain.jobs.models import Job, JobCheckpoint
 from tests.api.jobs.helpers import Auth, add_events
 
 
@@ -34,7 +34,10 @@ class TestCheckpoints:
         assert rest["has_more"] is False
         checkpoint = first["data"][0]
         assert checkpoint["object"] == "fine_tuning.job.checkpoint"
-        assert checkpoint["fine_tuned_model_checkpoint"] == f"{job_id}:ckpt-step-150"
+        tenant = db.get(Job, job_id).tenant_id  # type: ignore[union-attr]
+        short = job_id.removeprefix("ftjob-")
+        # OpenAI's form: the fine-tuned model id the job will have, plus the step.
+        assert checkpoint["fine_tuned_model_checkpoint"] == f"ft:tiny-bert:{tenant}::{short}:ckpt-step-150"
         assert checkpoint["metrics"] == {"step": 150, "train_loss": 1.0 / 150}
 
 

@@ -68,17 +68,17 @@ class TestCreateJob:
         [
             ({"model": "no-such-model"}, 404, "model_not_found", "model"),
             ({"training_file": "file-missing"}, 404, "not_found", "training_file"),
-            ({"training_file": "ftp://example.com/train.csv"}, 422, "invalid_dataset", "training_file"),
-            ({"training_file": "/etc/passwd"}, 422, "invalid_dataset", "training_file"),
-            ({"training_file": "file:///etc/passwd"}, 422, "invalid_dataset", "training_file"),
-            ({"training_file": "https://127.0.0.1/t.csv"}, 422, "invalid_dataset", "training_file"),
-            ({"training_file": "https://169.254.169.254/x"}, 422, "invalid_dataset", "training_file"),
-            ({"validation_file": "https://localhost/v.csv"}, 422, "invalid_dataset", "validation_file"),
-            ({"temperature": 0.5}, 422, "invalid_request", "temperature"),
-            ({"suffix": "x" * 65}, 422, "invalid_request", "suffix"),
-            ({"metadata": {str(i): "v" for i in range(17)}}, 422, "invalid_request", "metadata"),
-            ({"method": {"type": "lora", "grft": {}}}, 422, "invalid_request", "method"),
-            ({"method": {"type": "dpo"}}, 422, "invalid_request", "method.type"),
+            ({"training_file": "ftp://example.com/train.csv"}, 400, "invalid_dataset", "training_file"),
+            ({"training_file": "/etc/passwd"}, 400, "invalid_dataset", "training_file"),
+            ({"training_file": "file:///etc/passwd"}, 400, "invalid_dataset", "training_file"),
+            ({"training_file": "https://127.0.0.1/t.csv"}, 400, "invalid_dataset", "training_file"),
+            ({"training_file": "https://169.254.169.254/x"}, 400, "invalid_dataset", "training_file"),
+            ({"validation_file": "https://localhost/v.csv"}, 400, "invalid_dataset", "validation_file"),
+            ({"temperature": 0.5}, 400, "invalid_request", "temperature"),
+            ({"suffix": "x" * 65}, 400, "invalid_request", "suffix"),
+            ({"metadata": {str(i): "v" for i in range(17)}}, 400, "invalid_request", "metadata"),
+            ({"method": {"type": "lora", "grft": {}}}, 400, "invalid_request", "method"),
+            ({"method": {"type": "dpo"}}, 400, "invalid_request", "method.type"),
         ],
     )
     def test_refuses_request(
@@ -128,7 +128,7 @@ class TestCreateJob:
 
         response = create(client, auth, file_id, method=method)
 
-        assert response.status_code == 422
+        assert response.status_code == 400
         error = response.json()["error"]
         assert (error["code"], error["param"]) == (code, f"method.grft.hyperparameters.{param}")
 
@@ -148,7 +148,7 @@ class TestCreateJob:
 
         response = create(client, auth, file_id, method=method)
 
-        assert response.status_code == 422
+        assert response.status_code == 400
         assert message in response.json()["error"]["message"]
 
     def test_json_integers_are_valid_floats(
@@ -185,7 +185,7 @@ class TestCreateJob:
         row = db.get(Job, accepted.json()["id"])
         assert row is not None
         assert (row.method["method"], row.method["lora_rank"], row.method["epochs"]) == ("lora", 4, 1)
-        assert refused.status_code == 422
+        assert refused.status_code == 400
         assert refused.json()["error"]["param"] == "method.lora.hyperparameters.k"
 
     def test_request_schema_carries_the_library_bounds(self, client: TestClient) -> None:

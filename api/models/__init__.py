@@ -1,0 +1,1 @@
+"""``/v1/models``: the base models and the organization's fine-tuned models, in OpenAI's shapes."""
