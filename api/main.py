@@ -28,8 +28,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     from api.inference.chat import router as chat_router
     from api.inference.routes import router as inference_router
     from api.jobs.routes import router as jobs_router
-    from api.system.routes import router as system_router
     from api.models.routes import router as models_router
+    from api.system.routes import router as system_router
     from api.webhooks.routes import router as webhooks_router
 
     app = FastAPI(
@@ -50,6 +50,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         system_router,
         files_router,
         jobs_router,
+        models_router,
         adapters_router,
         inference_router,
         chat_router,
@@ -57,7 +58,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         webhooks_router,
         dashboard_router,
     )
-        models_router,
     for router in routers:
         app.include_router(router)
     if app.state.settings.metrics_enabled:

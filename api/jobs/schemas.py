@@ -242,8 +242,6 @@ class Job(BaseModel):
     trainable_params: int | None
     adapter_id: str | None
 
-            result_files=list(job.result_files or []),
-            trained_tokens=job.trained_tokens,
     @classmethod
     def of(cls, job: models.Job) -> Job:
         """The OpenAI job object; ``method`` shows the stored config under the request's names."""
@@ -260,6 +258,8 @@ class Job(BaseModel):
             finished_at=unix(job.finished_at) if job.finished_at else None,
             model=str((job.init_from or {}).get("model") or job.model),
             fine_tuned_model=fine_tuned_model_id(job) if job.status == JobStatus.SUCCEEDED else None,
+            result_files=list(job.result_files or []),
+            trained_tokens=job.trained_tokens,
             organization_id=job.tenant_id,
             status=JobStatus(job.status),
             validation_file=job.validation_file,
@@ -359,6 +359,12 @@ def openai_metrics(step: int, stored: dict[str, Any]) -> dict[str, Any]:
 
 class CheckpointList(CursorPage[Checkpoint]):
     pass
+
+
+class MetricPoint(BaseModel):
+    step: int | None = None
+    epoch: float | None = None
+    value: float
 
 
 # Series name -> points, e.g. {"train_loss": [{"step": 10, "value": 0.7}], "val_accuracy": [...]}.
