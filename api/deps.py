@@ -22,6 +22,7 @@ from domain.artifacts import ArtifactStore
 from domain.auth.keys import authenticate, local_tenant
 from domain.auth.models import Tenant
 from domain.db import session_scope
+from domain.logging import set_tenant as set_log_tenant
 from domain.settings import Settings
 
 
@@ -96,9 +97,9 @@ SessionDep = Annotated[Session, Depends(get_session)]
 def get_tenant(
     session: SessionDep, settings: SettingsDep, authorization: Annotated[str | None, Header()] = None
 ) -> Tenant:
-    if settings.auth_disabled:
-        return local_tenant(session)
-    return authenticate(session, authorization)
+    tenant = local_tenant(session) if settings.auth_disabled else authenticate(session, authorization)
+    set_log_tenant(tenant.id)  # the request's log lines name the tenant from here on
+    return tenant
 
 
 TenantDep = Annotated[Tenant, Depends(get_tenant)]

@@ -15,6 +15,7 @@ from api.inference.limits import RateLimiter
 from api.inference.service import build_service
 from api.limits import BodyLimitMiddleware
 from api.metrics import CacheCollector, Metrics, install_metrics
+from api.observability import install_request_context
 from domain.artifacts import ArtifactStore
 from domain.settings import Settings, get_settings
 
@@ -43,8 +44,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             CORSMiddleware,
             allow_origins=app.state.settings.cors_origins,
             allow_methods=["GET", "POST", "DELETE"],
-            allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "Last-Event-ID"],
-            expose_headers=["Content-Disposition", "Retry-After"],
+            allow_headers=[
+                "Authorization",
+                "Content-Type",
+                "Idempotency-Key",
+                "Last-Event-ID",
+                "X-Request-ID",
+            ],
+            expose_headers=["Content-Disposition", "Retry-After", "X-Request-ID"],
         )
     routers = (
         system_router,
@@ -62,12 +69,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(router)
     if app.state.settings.metrics_enabled:
         install_metrics(app)
+    install_request_context(app)  # outermost: every response carries X-Request-ID
     return app
 
 
 def start_services(settings: Settings) -> Services:
     """Build what requests share: cheap, since base models load on their first prediction."""
-    metrics = Metrics() if settings.metrics_enabled else None
+    metrics = Metrics(settings) if settings.metrics_enabled else None
     store = ArtifactStore(settings.artifact_url)
     inference = build_service(settings, store, on_batch=metrics.on_batch if metrics else None)
     if metrics is not None:

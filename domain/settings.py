@@ -117,6 +117,17 @@ class Settings(BaseSettings):
     # Origins whose pages may call the API from a browser (CORS), e.g. '["https://ops.example.com"]'.
     # Empty (the default): no CORS headers; the dashboard at / is same-origin and needs none.
     cors_origins: list[str] = Field(default_factory=list)
+    # Operations (domain.logging, api.observability, worker.metrics). "json": one JSON object per log
+    # line (time, level, logger, message, request_id, tenant_id, job_id) for log shippers; "text"
+    # leaves the process's usual human-readable logging alone.
+    log_format: Literal["text", "json"] = "text"
+    # `grft serve` migrates the database before serving. Deployments with several replicas turn it off
+    # and run `grft db upgrade` once (a migrate job); the replicas and `grft worker` then wait up to
+    # schema_wait_seconds for the schema to reach the code's head before they start.
+    migrate_on_start: bool = True
+    schema_wait_seconds: float = Field(default=300.0, ge=0)
+    # Port of a worker's Prometheus endpoint (step time, throughput, memory, jobs finished); 0: none.
+    worker_metrics_port: int = Field(default=0, ge=0, le=65535)
 
     @field_validator("dataset_allow_hosts", "webhook_allow_hosts")
     @classmethod

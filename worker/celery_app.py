@@ -16,6 +16,7 @@ from celery.signals import worker_init, worker_ready, worker_shutdown
 from domain.queue import celery_config, publish
 from domain.settings import get_settings
 from worker import housekeeping
+from worker import metrics as worker_metrics
 
 log = logging.getLogger(__name__)
 # A worker started by ``grft serve`` follows its parent from the first moment it can, long before the
@@ -26,6 +27,8 @@ app = Celery("grft", include=["worker.tasks"])
 app.conf.update(celery_config(get_settings()))
 
 _stop_reconciler = threading.Event()
+# Task metrics and the job id in every log line of a task; JSON log lines with GRFT_LOG_FORMAT=json.
+worker_metrics.connect()
 
 
 def publish_task(task_name: str, job_id: str) -> None:
@@ -56,6 +59,11 @@ def _start_reconciler(**_: Any) -> None:
     log.info("reconciler started (every %.0f s)", settings.reconcile_seconds)
 
 
+def _start_metrics_server(**_: Any) -> None:
+    # In the worker's own process (the solo pool runs tasks here too): see worker.metrics.
+    worker_metrics.start_server(get_settings())
+
+
 def _stop_reconciler_thread(**_: Any) -> None:
     _stop_reconciler.set()
 
@@ -65,6 +73,7 @@ def _remove_process_temp(**_: Any) -> None:
 
 
 worker_init.connect(_prepare_process, weak=False)
+worker_init.connect(_start_metrics_server, weak=False)
 worker_ready.connect(_start_reconciler, weak=False)
 worker_shutdown.connect(_stop_reconciler_thread, weak=False)
 worker_shutdown.connect(_remove_process_temp, weak=False)

@@ -25,6 +25,7 @@ from grft_core.errors import TrainingInterrupted
 from grft_core.method.checkpoint import PREFIX, list_checkpoints
 from grft_core.method.selection import Selection
 from grft_core.method.trainer import EpochMetrics, StepInfo
+from worker.metrics import METRICS
 from worker.transient import retrying
 
 log = logging.getLogger(__name__)
@@ -153,6 +154,7 @@ class JobReporter:
         if self.first is None:
             self.first = (now, info.step)
         self.last_step = info
+        METRICS.record_step(info.samples_per_s)
         every = max(1, math.ceil(info.total_steps / MAX_STEP_EVENTS))
         last = info.step == info.total_steps
         event = None

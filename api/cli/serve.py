@@ -22,7 +22,8 @@ from typing import IO, Annotated, Any
 import typer
 
 from api.cli.common import fail
-from api.cli.db import upgrade_database
+from api.cli.db import SchemaNotReady, upgrade_database, wait_for_schema
+from domain import logging as log_setup
 from domain.queue import control_queue
 from domain.settings import Settings, get_settings
 from grft_core.cli import app, err_console
@@ -212,6 +213,7 @@ def serve(
 ) -> None:
     """Run the API (and, in embedded mode, a worker): migrate the database first."""
     import uvicorn
+    from uvicorn.config import LOGGING_CONFIG
 
     from api.main import create_app
 
@@ -231,14 +233,27 @@ def serve(
     try:
         if settings.embedded:
             home_lock = lock_home(settings)
-        upgrade_database(settings)
+        log_setup.configure(settings.log_format)
+        if settings.migrate_on_start:
+            upgrade_database(settings)
+        else:  # several replicas: the schema is the migrate job's, and this one waits for it
+            wait_for_schema(settings, settings.schema_wait_seconds)
         if home_lock is not None:
             supervisor = WorkerSupervisor(settings, pass_fds=(home_lock.fileno(),))
             supervisor.start()
-        server = uvicorn.Server(uvicorn.Config(create_app(settings), host=host, port=port))
+        json_logs = settings.log_format == "json"  # uvicorn's lines then go through the root's handler
+        server = uvicorn.Server(
+            uvicorn.Config(
+                create_app(settings),
+                host=host,
+                port=port,
+                log_config=None if json_logs else LOGGING_CONFIG,
+                access_log=not json_logs,  # api.observability writes one line per request instead
+            )
+        )
         signals.server = server
         server.run()
-    except HomeInUse as exc:
+    except (HomeInUse, SchemaNotReady) as exc:
         raise fail(str(exc)) from None
     except _Stopped:
         pass
@@ -266,5 +281,9 @@ def worker_cmd(
     """Run one Celery worker process (start one per GPU)."""
     settings = get_settings()
     settings.home.mkdir(parents=True, exist_ok=True)  # beat's schedule and the work folders live there
+    try:  # workers never migrate: they start once the migrate job (or serve) has
+        wait_for_schema(settings, settings.schema_wait_seconds)
+    except SchemaNotReady as exc:
+        raise fail(str(exc)) from None
     command = worker_command(settings, control=control)
     os.execv(command[0], command)

@@ -20,7 +20,10 @@ class TestReadyz:
     def test_ready_with_real_database_and_redis(self, client) -> None:
         response = client.get("/readyz")
         assert response.status_code == 200, response.text
-        assert response.json() == {"status": "ok", "checks": {"database": "ok", "broker": "ok"}}
+        assert response.json() == {
+            "status": "ok",
+            "checks": {"database": "ok", "broker": "ok", "artifact_store": "ok"},
+        }
 
     def test_unreachable_broker_is_503(self, client, settings) -> None:
         settings.broker_url = "redis://:secret@127.0.0.1:1/0"  # nothing listens on port 1
