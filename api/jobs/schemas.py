@@ -26,7 +26,6 @@ from pydantic.fields import FieldInfo
 from api.files.schemas import unix
 from api.pagination import CursorPage
 from domain.jobs import models
-from domain.jobs.integrations import MAX_INTEGRATIONS, Integration
 from domain.jobs.model_ids import MAX_MODEL_ID, SUFFIX_PATTERN, checkpoint_model_id, fine_tuned_model_id
 from domain.jobs.states import JobStatus
 from grft_core.method import METHOD_OPTIONS, GRFTConfig, Options, TrainingOptions, public_name

@@ -24,7 +24,6 @@ from domain.db import utcnow
 from domain.files import repository as files_repository
 from domain.ids import new_id
 from domain.jobs import lifecycle, model_ids, repository
-from domain.jobs.integrations import check_integrations
 from domain.jobs.models import Job, JobCheckpoint, JobEvent
 from domain.jobs.states import TERMINAL, UNFINISHED
 from domain.settings import Settings
@@ -80,8 +79,6 @@ def check_model(settings: Settings, name: str) -> None:
         ModelRegistry(settings.model_dir).get(name)
 
 
-def check_dataset(session: Session, tenant_id: str, settings: Settings, value: str, param: str) -> str:
-    """Accept a file id of this tenant, or a URI that ``domain.dataset_uris`` allows.
 def resolve_model(
     session: Session, tenant_id: str, settings: Settings, body: schemas.JobCreate
 ) -> tuple[str, dict[str, Any] | None]:
@@ -117,6 +114,8 @@ def resolve_model(
     return resolved.base_model, model_ids.origin(resolved)
 
 
+def check_dataset(session: Session, tenant_id: str, settings: Settings, value: str, param: str) -> str:
+    """Accept a file id of this tenant, or a URI that ``domain.dataset_uris`` allows.
 
     Raises:
         NotFound: an unknown file id (another tenant's included).
@@ -246,9 +245,6 @@ def cancel(session: Session, tenant_id: str, job_id: str) -> Job:
     return lifecycle.cancel(session, tenant_id, job_id)
 
 
-def delete(session: Session, tenant_id: str, store: ArtifactStore, job_id: str) -> list[str]:
-    """Delete a finished job with its events, checkpoints and adapter; returns the deleted adapters'
-    ids, which the caller makes the inference caches forget once the deletion is committed.
 def pause(session: Session, tenant_id: str, job_id: str) -> Job:
     """Pause a queued job now; a running one stops right after its next checkpoint.
 
@@ -269,6 +265,9 @@ def resume(session: Session, tenant_id: str, job_id: str) -> tuple[Job, bool]:
     return lifecycle.resume(session, tenant_id, job_id)
 
 
+def delete(session: Session, tenant_id: str, store: ArtifactStore, job_id: str) -> list[str]:
+    """Delete a finished job with its events, checkpoints and adapter; returns the deleted adapters'
+    ids, which the caller makes the inference caches forget once the deletion is committed.
 
     Rows go first (flushed, committed by the route), then files: if removing a file fails, the error
     rolls the rows back too, so the job stays listed and a retried DELETE finishes the work.
