@@ -103,9 +103,24 @@ class _Progress:
                 flush=True,
             )
 
+    def on_progress(self, p: Any) -> None:
+        """One line as the selection pass or the hyperparameter search ends (evaluations are quick)."""
+        if p.phase in ("selecting", "tuning") and p.total and p.done == p.total:
+            print(f"{p.phase}: {p.done}/{p.total} done", file=sys.stderr, flush=True)
+
+    def on_autotune(self, record: Any) -> None:
+        for name, value in record["chosen"].items():
+            err_console.print(f"auto {name}={value:g}: {record['reasons'].get(name, '')}", markup=False)
+
+    def on_divergence(self, d: Any) -> None:
+        err_console.print(
+            f"diverged at step {d.step} ({d.reason}); back to step {d.restored_step}, lr x{d.lr_scale:g}",
+            markup=False,
+        )
+
     def on_epoch(self, m: Any) -> None:
         line = (
-            f"epoch {m.epoch + 1}: train loss {m.train_loss:.4f}, val loss {m.val_loss:.4f}, "
+            f"epoch {m.epoch}: train loss {m.train_loss:.4f}, val loss {m.val_loss:.4f}, "
             f"val acc {m.val_accuracy:.4f}"
         )
         if self.progress is not None:
@@ -156,6 +171,9 @@ def _config_option(name: str, info: FieldInfo) -> inspect.Parameter:
     if name == "k":
         kind, default = str, str(info.default)  # an integer or a map 'qkv=4,*=1', parsed by _parse_k
         help_text += " Write a map as 'qkv=4,fc1=2,*=1'."
+    elif name in AUTO_FLAGS:
+        kind, default = str, str(info.default)  # a number, or 'auto': parsed by _parse_auto
+        help_text += " Or 'auto': chosen before training (a short search for lr)."
     elif choices:
         kind, default = str, info.default
         help_text += " One of: " + ", ".join(str(c) for c in choices) + "."
@@ -167,7 +185,31 @@ def _config_option(name: str, info: FieldInfo) -> inspect.Parameter:
 
 def _config_fields() -> dict[str, FieldInfo]:
     fields = GRFTConfig.model_fields
-    return {"method": fields["method"], **{n: f for n, f in fields.items() if n != "method"}}
+    # ``auto`` is spelt as the value of the flags it concerns (``--lr auto``), not as a flag of its own.
+    return {"method": fields["method"], **{n: f for n, f in fields.items() if n not in ("method", "auto")}}
+
+
+# Flags that take 'auto' besides a number, and how their numbers are read.
+AUTO_FLAGS: dict[str, type[int] | type[float]] = {"lr": float, "epochs": int, "batch_size": int}
+
+
+def _parse_auto(hyperparameters: dict[str, Any]) -> dict[str, Any]:
+    """``--lr auto`` → ``auto: ["lr"]``; ``--lr 3e-3`` → ``lr: 0.003`` (the config checks the bounds)."""
+    values, auto = dict(hyperparameters), []
+    for name, kind in AUTO_FLAGS.items():
+        raw = values.get(name)
+        if raw is None or not isinstance(raw, str):
+            continue
+        if raw.strip().lower() == "auto":
+            auto.append(name)
+            del values[name]
+            continue
+        try:
+            values[name] = kind(raw)
+        except ValueError as exc:
+            flag = "--" + name.replace("_", "-")
+            raise _fail(f"{flag} must be a number or 'auto' (got {raw!r})") from exc
+    return {**values, "auto": auto} if auto else values
 
 
 def train(
@@ -189,7 +231,8 @@ def train(
     progress = _Progress()
     try:
         # GRFTConfig checks every value against its declaration: bounds, types and allowed choices.
-        config = GRFTConfig.from_dict({**hyperparameters, "k": _parse_k(hyperparameters["k"])})
+        values = _parse_auto({**hyperparameters, "k": _parse_k(hyperparameters["k"])})
+        config = GRFTConfig.from_dict(values)
         metrics = train_to_folder(
             model,
             data,
@@ -207,7 +250,7 @@ def train(
     progress.close()
     out_console.print(
         f"val accuracy {metrics['initial_val_accuracy']:.4f} -> {metrics['best_val_accuracy']:.4f} "
-        f"(best epoch {metrics['best_epoch'] + 1}); trainable {metrics['trainable_params']:,} "
+        f"(best epoch {metrics['best_epoch']}); trainable {metrics['trainable_params']:,} "
         f"({100 * metrics['trainable_share']:.3f}%); adapter {metrics['adapter_bytes']:,} bytes; "
         f"{metrics['wall_time_s']:.1f}s; wrote {out}"
     )

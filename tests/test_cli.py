@@ -92,7 +92,8 @@ class TestBadArguments:
             (["--epochs", "0"], "epochs must be between 1 and 1000"),
             (["--model", "no-such-model"], "unknown model 'no-such-model'"),
             (["--data", "/nonexistent/data.csv"], "/nonexistent/data.csv"),
-            (["--epochs", "two"], "Invalid value for '--epochs'"),
+            (["--epochs", "two"], "--epochs must be a number or 'auto' (got 'two')"),
+            (["--lr", "fast"], "--lr must be a number or 'auto' (got 'fast')"),
         ],
     )
     def test_refused(self, capsys, digits, tmp_path, extra, message):
@@ -110,11 +111,15 @@ class TestBadArguments:
         command = typer.main.get_command(app).commands["train"]  # type: ignore[attr-defined]
         options = {p.name: p for p in command.params}
         for name, info in GRFTConfig.model_fields.items():
+            if name == "auto":  # spelt as a value: --lr auto, --epochs auto, --batch-size auto
+                assert name not in options
+                continue
             option = options[name]
             assert "--" + name.replace("_", "-") in option.opts, name
             assert info.description is not None
             assert option.help.startswith(info.description), name
-        assert options["epochs"].default == 3
+        assert options["epochs"].default == "3"  # a number or 'auto'
+        assert "Or 'auto'" in options["lr"].help
         assert "[1 to 1000]" in options["epochs"].help  # the bounds, read from the declaration
         assert "One of: rows, columns." in options["axis"].help
         assert "--l2" in options["l2_lambda"].opts
