@@ -1,11 +1,14 @@
 # syntax=docker/dockerfile:1.7
 # grft: one image for the API (`grft serve`), the GPU worker (`grft worker`) and one-off commands
 # (`grft db upgrade`, `grft keys create`). Build: docker build -t grft .
-ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+# Exact versions. To pin by digest as well (the registry's answer for the tag, not a guess):
+#   docker buildx imagetools inspect python:3.11.10-slim-bookworm   → PYTHON_IMAGE=python:3.11.10-slim-bookworm@sha256:…
+#   docker buildx imagetools inspect ghcr.io/astral-sh/uv:0.13.9    → the COPY --from image below
+ARG PYTHON_IMAGE=python:3.11.10-slim-bookworm
 
 # --- builder: resolve nothing, install exactly what uv.lock pins ----------------------------------
 FROM ${PYTHON_IMAGE} AS builder
-COPY --from=ghcr.io/astral-sh/uv:0.13 /uv /uvx /usr/local/bin/
+COPY --from=ghcr.io/astral-sh/uv:0.13.9 /uv /uvx /usr/local/bin/
 # Bytecode compiled at build time (the runtime user cannot write into the venv); copies, not links,
 # because the cache mount is not part of the image; the image's own Python, never a downloaded one.
 ENV UV_COMPILE_BYTECODE=1 \
@@ -47,6 +50,7 @@ ENV PATH=/app/.venv/bin:$PATH \
     TOKENIZERS_PARALLELISM=false
 USER grft
 VOLUME ["/data", "/models"]
-EXPOSE 8000
+# 8000: the API (`grft serve`); 9101: a worker's metrics when GRFT_WORKER_METRICS_PORT=9101.
+EXPOSE 8000 9101
 ENTRYPOINT ["grft"]
 CMD ["serve", "--host", "0.0.0.0"]
