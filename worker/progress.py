@@ -26,6 +26,7 @@ from grft_core.method.checkpoint import PREFIX, list_checkpoints
 from grft_core.method.selection import Selection
 from grft_core.method.trainer import EpochMetrics, StepInfo
 from worker.metrics import METRICS
+from worker import tracking
 from worker.transient import retrying
 
 log = logging.getLogger(__name__)
@@ -99,6 +100,8 @@ class JobReporter:
         self.last_step: StepInfo | None = None
         self.last_epoch: EpochMetrics | None = None
         self.prerequisites_uploaded = False
+        # The job's experiment trackers (W&B, MLflow): they never stop the job (worker.tracking).
+        self.tracking = tracking.for_attempt(settings, lease)
 
     # -- helpers -------------------------------------------------------------------------------------
 
@@ -154,6 +157,7 @@ class JobReporter:
         if self.first is None:
             self.first = (now, info.step)
         self.last_step = info
+        self.tracking.on_step(info)
         METRICS.record_step(info.samples_per_s)
         every = max(1, math.ceil(info.total_steps / MAX_STEP_EVENTS))
         last = info.step == info.total_steps
@@ -175,6 +179,7 @@ class JobReporter:
     def on_epoch(self, metrics: EpochMetrics) -> None:
         self._check()
         self.last_epoch = metrics
+        self.tracking.on_epoch(metrics)
         step = self.last_step.step if self.last_step else None
         self._write(
             {

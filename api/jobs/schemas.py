@@ -26,6 +26,7 @@ from pydantic.fields import FieldInfo
 from api.files.schemas import unix
 from api.pagination import CursorPage
 from domain.jobs import models
+from domain.jobs.integrations import MAX_INTEGRATIONS, Integration
 from domain.jobs.model_ids import MAX_MODEL_ID, SUFFIX_PATTERN, checkpoint_model_id, fine_tuned_model_id
 from domain.jobs.states import JobStatus
 from grft_core.method import METHOD_OPTIONS, GRFTConfig, Options, TrainingOptions, public_name
@@ -170,6 +171,8 @@ class JobCreate(_Request):
     metadata: dict[MetadataKey, MetadataValue] | None = Field(default=None, max_length=16)
     hyperparameters: LegacyHyperparameters | None = None
     method: Method | None = None
+    # Experiment trackers (OpenAI's wandb shape, and mlflow): domain.jobs.integrations.
+    integrations: list[Integration] | None = Field(default=None, max_length=MAX_INTEGRATIONS)
 
 
 def shown_hyperparameters(config: dict[str, Any]) -> dict[str, Any]:
@@ -281,6 +284,7 @@ class Job(BaseModel):
             ),
             trainable_params=job.trainable_params,
             adapter_id=job.adapter_id,
+            integrations=list(job.integrations or []),
         )
 
 

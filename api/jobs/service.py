@@ -24,6 +24,7 @@ from domain.db import utcnow
 from domain.files import repository as files_repository
 from domain.ids import new_id
 from domain.jobs import lifecycle, model_ids, repository
+from domain.jobs.integrations import check_integrations
 from domain.jobs.models import Job, JobCheckpoint, JobEvent
 from domain.jobs.states import TERMINAL, UNFINISHED
 from domain.settings import Settings
@@ -167,6 +168,7 @@ def create(
         enqueued_at=utcnow(),
         idempotency_key=idempotency_key,
         request_hash=digest,
+        integrations=check_integrations(body.integrations, settings),
     )
     created = _event(job.id, f"Created fine-tuning job: {job.id}")
     repository.insert(session, job, [created, _event(job.id, f"Validating training file: {training_file}")])
