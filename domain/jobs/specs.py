@@ -28,8 +28,6 @@ class JobSpec:
     seed: int
     attempt: int
     max_attempts: int
-    # Experiment trackers to report to (``domain.jobs.integrations``), as stored.
-    integrations: tuple[dict[str, Any], ...] = ()
     # The fine-tuned model or checkpoint the job continues from (``domain.jobs.continuation``).
     init_from: dict[str, Any] | None = None
     # Experiment trackers to report to (``domain.jobs.integrations``), as stored.
@@ -48,7 +46,6 @@ def job_spec(session: Session, job_id: str) -> JobSpec:
         seed=job.seed,
         attempt=job.attempt,
         max_attempts=job.max_attempts,
-        integrations=tuple(job.integrations or ()),
         init_from=dict(job.init_from) if job.init_from else None,
         integrations=tuple(job.integrations or ()),
     )
