@@ -1,5 +1,5 @@
 """A typed client of a grft server: upload datasets, run and follow fine-tuning jobs, download and
-export adapters, predict with them.
+export adapters, predict with them, and chat with causal language models (``client.chat.completions``).
 
     from grft_client import Client
 
@@ -42,19 +42,22 @@ from grft_client.types import (
     JOB_STATUSES,
     TERMINAL_STATUSES,
     Adapter,
+    ChatCompletion,
+    ChatCompletionChunk,
     Checkpoint,
     Deleted,
+    EpochPoint,
     FileObject,
     Job,
     JobError,
     JobEvent,
+    JobMetrics,
     LabelScore,
-    MetricPoint,
-    Metrics,
     Model,
     Page,
     Prediction,
     Progress,
+    StepPoint,
 )
 
 __all__ = [
@@ -65,6 +68,8 @@ __all__ = [
     "APITimeoutError",
     "Adapter",
     "AsyncClient",
+    "ChatCompletion",
+    "ChatCompletionChunk",
     "AuthenticationError",
     "BadRequestError",
     "Checkpoint",
@@ -79,9 +84,10 @@ __all__ = [
     "Job",
     "JobError",
     "JobEvent",
+    "JobMetrics",
+    "EpochPoint",
+    "StepPoint",
     "LabelScore",
-    "MetricPoint",
-    "Metrics",
     "Model",
     "NotFoundError",
     "Page",
@@ -89,6 +95,8 @@ __all__ = [
     "PermissionDeniedError",
     "Prediction",
     "Progress",
+    "TextCompletion",
+    "Usage",
     "RateLimitError",
     "UnprocessableEntityError",
     "config_path",

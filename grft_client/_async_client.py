@@ -16,6 +16,7 @@ from typing import IO, Any, TypeVar
 import httpx
 
 from grft_client import _ops as ops
+from grft_client._async_generation import Chat, Completions
 from grft_client._base import (
     DEFAULT_MAX_RETRIES,
     DEFAULT_TIMEOUT_S,
@@ -24,6 +25,7 @@ from grft_client._base import (
     backoff_s,
     check,
     default_headers,
+    job_event,
     parse_response,
     should_retry,
     transport_error,
@@ -38,13 +40,15 @@ from grft_client.types import (
     FileObject,
     Job,
     JobEvent,
-    Metrics,
+    JobMetrics,
     Model,
     Page,
     Prediction,
 )
 
 T = TypeVar("T")
+# Looked up at each call, so that a test can stand in for the backoff waits.
+_sleep = asyncio.sleep
 Item = TypeVar("Item", bound=APIObject)
 
 
@@ -72,6 +76,8 @@ class AsyncClient:
         self.adapters = Adapters(self)
         self.predictions = Predictions(self)
         self.models = Models(self)
+        self.chat = Chat(self)
+        self.completions = Completions(self)
 
     async def close(self) -> None:
         await self._http.aclose()
@@ -107,7 +113,7 @@ class AsyncClient:
                 except httpx.TransportError as exc:
                     if call.retry and attempt < self.max_retries:
                         attempt += 1
-                        await asyncio.sleep(backoff_s(attempt))
+                        await _sleep(backoff_s(attempt))
                         continue
                     raise transport_error(exc, getattr(exc, "_request", None)) from exc
                 try:
@@ -115,7 +121,7 @@ class AsyncClient:
                 except APIStatusError as error:
                     if call.retry and should_retry(error) and attempt < self.max_retries:
                         attempt += 1
-                        await asyncio.sleep(backoff_s(attempt, error.retry_after))
+                        await _sleep(backoff_s(attempt, error.retry_after))
                         continue
                     raise
         finally:
@@ -162,6 +168,25 @@ class AsyncClient:
         except httpx.TransportError as exc:
             raise transport_error(exc) from exc
         return size
+
+    async def sse_post(self, path: str, body: Mapping[str, Any]) -> AsyncIterator[str]:
+        """The data of each event of a streamed POST answer, until ``[DONE]`` (not retried)."""
+        headers = {"Accept": "text/event-stream"}
+        try:
+            async with self._http.stream(
+                "POST", path, json={**body, "stream": True}, headers=headers
+            ) as response:
+                if response.status_code >= 400:
+                    check(response, await response.aread())
+                decoder = SSEDecoder()
+                async for line in response.aiter_lines():
+                    data = decoder.feed(line)
+                    if data is not None:
+                        yield data
+                    if decoder.done:
+                        return
+        except httpx.TransportError as exc:
+            raise transport_error(exc) from exc
 
 
 class _Resource:
@@ -268,7 +293,7 @@ class Jobs(_Resource):
     ) -> Page[Checkpoint]:
         return await self._client.call(ops.list_checkpoints(job_id, after, limit))
 
-    async def metrics(self, job_id: str) -> Metrics:
+    async def metrics(self, job_id: str) -> JobMetrics:
         return await self._client.call(ops.job_metrics(job_id))
 
     async def follow(self, job_id: str, *, after: str | None = None) -> AsyncIterator[JobEvent]:
@@ -285,9 +310,10 @@ class Jobs(_Resource):
                     if response.status_code >= 400:
                         check(response, await response.aread())
                     async for line in response.aiter_lines():
-                        event = decoder.feed(line)
-                        if event is not None:
-                            after, failures = decoder.last_id, 0
+                        data = decoder.feed(line)
+                        if data is not None:
+                            event = job_event(data)
+                            after, failures = decoder.last_id or event.id, 0
                             yield event
                         if decoder.done:
                             return
@@ -297,7 +323,7 @@ class Jobs(_Resource):
             failures += 1
             if failures > client.max_retries:
                 raise error
-            await asyncio.sleep(backoff_s(failures))
+            await _sleep(backoff_s(failures))
 
     async def wait(self, job_id: str, *, poll_interval: float = 2.0, timeout: float | None = None) -> Job:
         """Poll until the job has finished; returns it (raises ``TimeoutError`` after ``timeout`` s)."""
@@ -305,7 +331,7 @@ class Jobs(_Resource):
         while not (job := await self.get(job_id)).finished:
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"job {job_id} is still {job.status} after {timeout}s")
-            await asyncio.sleep(poll_interval)
+            await _sleep(poll_interval)
         return job
 
 

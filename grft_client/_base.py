@@ -3,6 +3,7 @@ the error mapping and the Server-Sent-Events decoder. Only the sending differs b
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -10,11 +11,19 @@ from typing import Any, Generic, TypeVar
 from urllib.parse import quote
 
 import httpx
+from pydantic import BaseModel
 
-from grft_client._errors import APIConnectionError, APIStatusError, APITimeoutError, error_from_response
+from grft_client._errors import (
+    APIConnectionError,
+    APIStatusError,
+    APITimeoutError,
+    InternalServerError,
+    error_from_response,
+)
 from grft_client.types import JobEvent
 
 T = TypeVar("T")
+M = TypeVar("M", bound=BaseModel)
 
 DEFAULT_TIMEOUT_S = 60.0
 DEFAULT_MAX_RETRIES = 2
@@ -102,7 +111,8 @@ def check(response: httpx.Response, body: bytes | None = None) -> None:
 
 class SSEDecoder:
     """The ``text/event-stream`` format, line by line: ``id:``/``data:`` fields, a blank line ends an
-    event, ``:`` lines are keep-alive comments. Yields the job events; ``done`` turns true at ``[DONE]``."""
+    event, ``:`` lines are keep-alive comments. ``feed`` returns an event's data when one is complete;
+    ``done`` turns true at ``data: [DONE]``, and ``last_id`` is the id of the last event returned."""
 
     def __init__(self) -> None:
         self.data: list[str] = []
@@ -110,7 +120,7 @@ class SSEDecoder:
         self.last_id: str | None = None
         self.done = False
 
-    def feed(self, line: str) -> JobEvent | None:
+    def feed(self, line: str) -> str | None:
         line = line.rstrip("\r")
         if not line:
             return self._dispatch()
@@ -124,7 +134,7 @@ class SSEDecoder:
             self.event_id = value
         return None
 
-    def _dispatch(self) -> JobEvent | None:
+    def _dispatch(self) -> str | None:
         data, event_id = "\n".join(self.data), self.event_id
         self.data, self.event_id = [], None
         if not data:
@@ -132,6 +142,25 @@ class SSEDecoder:
         if data == "[DONE]":
             self.done = True
             return None
-        event = JobEvent.model_validate_json(data)
-        self.last_id = event_id or event.id
-        return event
+        self.last_id = event_id
+        return data
+
+
+def job_event(data: str) -> JobEvent:
+    return JobEvent.model_validate_json(data)
+
+
+def stream_item(data: str, model: type[M]) -> M:
+    """One event of a generation stream; an error the server sends mid-stream raises."""
+    parsed = json.loads(data)
+    error = parsed.get("error") if isinstance(parsed, dict) else None
+    if isinstance(error, dict):
+        param = error.get("param")
+        raise InternalServerError(
+            str(error.get("message") or "the stream failed"),
+            status=500,
+            code=str(error.get("code") or "server_error"),
+            param=str(param) if param is not None else None,
+            body=parsed,
+        )
+    return model.model_validate(parsed)

@@ -22,12 +22,14 @@ from grft_client._base import (
     backoff_s,
     check,
     default_headers,
+    job_event,
     parse_response,
     should_retry,
     transport_error,
 )
 from grft_client._config import resolve
 from grft_client._errors import APIConnectionError, APIStatusError
+from grft_client._generation import Chat, Completions
 from grft_client.types import (
     Adapter,
     APIObject,
@@ -36,13 +38,15 @@ from grft_client.types import (
     FileObject,
     Job,
     JobEvent,
-    Metrics,
+    JobMetrics,
     Model,
     Page,
     Prediction,
 )
 
 T = TypeVar("T")
+# Looked up at each call, so that a test can stand in for the backoff waits.
+_sleep = time.sleep
 Item = TypeVar("Item", bound=APIObject)
 
 
@@ -70,6 +74,8 @@ class Client:
         self.adapters = Adapters(self)
         self.predictions = Predictions(self)
         self.models = Models(self)
+        self.chat = Chat(self)
+        self.completions = Completions(self)
 
     def close(self) -> None:
         self._http.close()
@@ -105,7 +111,7 @@ class Client:
                 except httpx.TransportError as exc:
                     if call.retry and attempt < self.max_retries:
                         attempt += 1
-                        time.sleep(backoff_s(attempt))
+                        _sleep(backoff_s(attempt))
                         continue
                     raise transport_error(exc, getattr(exc, "_request", None)) from exc
                 try:
@@ -113,7 +119,7 @@ class Client:
                 except APIStatusError as error:
                     if call.retry and should_retry(error) and attempt < self.max_retries:
                         attempt += 1
-                        time.sleep(backoff_s(attempt, error.retry_after))
+                        _sleep(backoff_s(attempt, error.retry_after))
                         continue
                     raise
         finally:
@@ -157,6 +163,23 @@ class Client:
         except httpx.TransportError as exc:
             raise transport_error(exc) from exc
         return size
+
+    def sse_post(self, path: str, body: Mapping[str, Any]) -> Iterator[str]:
+        """The data of each event of a streamed POST answer, until ``[DONE]`` (not retried)."""
+        headers = {"Accept": "text/event-stream"}
+        try:
+            with self._http.stream("POST", path, json={**body, "stream": True}, headers=headers) as response:
+                if response.status_code >= 400:
+                    check(response, response.read())
+                decoder = SSEDecoder()
+                for line in response.iter_lines():
+                    data = decoder.feed(line)
+                    if data is not None:
+                        yield data
+                    if decoder.done:
+                        return
+        except httpx.TransportError as exc:
+            raise transport_error(exc) from exc
 
 
 class _Resource:
@@ -261,7 +284,7 @@ class Jobs(_Resource):
     ) -> Page[Checkpoint]:
         return self._client.call(ops.list_checkpoints(job_id, after, limit))
 
-    def metrics(self, job_id: str) -> Metrics:
+    def metrics(self, job_id: str) -> JobMetrics:
         return self._client.call(ops.job_metrics(job_id))
 
     def follow(self, job_id: str, *, after: str | None = None) -> Iterator[JobEvent]:
@@ -278,9 +301,10 @@ class Jobs(_Resource):
                     if response.status_code >= 400:
                         check(response, response.read())
                     for line in response.iter_lines():
-                        event = decoder.feed(line)
-                        if event is not None:
-                            after, failures = decoder.last_id, 0
+                        data = decoder.feed(line)
+                        if data is not None:
+                            event = job_event(data)
+                            after, failures = decoder.last_id or event.id, 0
                             yield event
                         if decoder.done:
                             return
@@ -290,7 +314,7 @@ class Jobs(_Resource):
             failures += 1
             if failures > client.max_retries:
                 raise error
-            time.sleep(backoff_s(failures))
+            _sleep(backoff_s(failures))
 
     def wait(self, job_id: str, *, poll_interval: float = 2.0, timeout: float | None = None) -> Job:
         """Poll until the job has finished; returns it (raises ``TimeoutError`` after ``timeout`` s)."""
@@ -298,7 +322,7 @@ class Jobs(_Resource):
         while not (job := self.get(job_id)).finished:
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"job {job_id} is still {job.status} after {timeout}s")
-            time.sleep(poll_interval)
+            _sleep(poll_interval)
         return job
 
 

@@ -88,29 +88,30 @@ def resolve(
     profile: str | None = None,
     path: Path | None = None,
 ) -> ClientConfig:
-    """The configuration to use: each value from the first of arguments, environment, config file."""
+    """The configuration to use: each value from the first of arguments, environment, config file.
+
+    ``api_key=""`` means "no key" (a server run with ``--no-auth``); the file is read only when the
+    arguments and the environment leave something unset."""
     name = check_profile_name(profile or os.environ.get(PROFILE_ENV) or DEFAULT_PROFILE)
     path = path or config_path()
-    stored = read_profiles(path)
-    if name != DEFAULT_PROFILE and name not in stored:
-        raise ConfigurationError(f"no profile {name!r} in {path} (run 'grft login --profile {name}')")
-    table = stored.get(name, {})
-    sources = []
-    url = api_url or os.environ.get(URL_ENV) or table.get("api_url")
-    key = api_key or os.environ.get(KEY_ENV) or table.get("api_key")
-    if api_url or api_key:
-        sources.append("arguments")
-    if (not api_url and os.environ.get(URL_ENV)) or (not api_key and os.environ.get(KEY_ENV)):
-        sources.append("environment")
-    if (not api_url and not os.environ.get(URL_ENV) and "api_url" in table) or (
-        not api_key and not os.environ.get(KEY_ENV) and "api_key" in table
-    ):
-        sources.append(str(path))
+    env_url, env_key = os.environ.get(URL_ENV) or None, os.environ.get(KEY_ENV) or None
+    url, url_from = (api_url, "arguments") if api_url else (env_url, "environment")
+    key, key_from = (api_key, "arguments") if api_key is not None else (env_key, "environment")
+    if url is None or key is None:
+        stored = read_profiles(path)
+        if name != DEFAULT_PROFILE and name not in stored:
+            raise ConfigurationError(f"no profile {name!r} in {path} (run 'grft login --profile {name}')")
+        table = stored.get(name, {})
+        if url is None and "api_url" in table:
+            url, url_from = table["api_url"], str(path)
+        if key is None and "api_key" in table:
+            key, key_from = table["api_key"], str(path)
     if not url:
         raise ConfigurationError(
             f"no API URL: pass api_url, set {URL_ENV}, or run 'grft login --url URL' (writes {path})"
         )
-    return ClientConfig(normalize_url(url), key or None, name, " + ".join(sources) or "defaults")
+    sources = [url_from] if key is None or key_from == url_from else [url_from, key_from]
+    return ClientConfig(normalize_url(url), key or None, name, " + ".join(sources))
 
 
 def _toml_string(value: str) -> str:

@@ -14,22 +14,23 @@ from pydantic import TypeAdapter
 from grft_client._base import Call, clean_params, path, raw_bytes
 from grft_client.types import (
     Adapter,
+    ChatCompletion,
     Checkpoint,
     Deleted,
     FileObject,
     Job,
     JobEvent,
-    Metrics,
+    JobMetrics,
     Model,
     Page,
     Prediction,
+    TextCompletion,
 )
 
 FileInput = str | Path | bytes | IO[bytes]
 #: ``image=`` takes a path, raw bytes, or base64 text already encoded.
 ImageInput = str | Path | bytes
 
-_METRICS = TypeAdapter(Metrics)
 _PREDICTIONS = TypeAdapter(list[Prediction])
 _MODELS = TypeAdapter(list[Model])
 
@@ -163,8 +164,8 @@ def list_checkpoints(job_id: str, after: str | None, limit: int | None) -> Call[
     )
 
 
-def job_metrics(job_id: str) -> Call[Metrics]:
-    return Call("GET", path("/v1/fine_tuning/jobs/{}/metrics", job_id), _METRICS.validate_python)
+def job_metrics(job_id: str) -> Call[JobMetrics]:
+    return Call("GET", path("/v1/fine_tuning/jobs/{}/metrics", job_id), JobMetrics.parse)
 
 
 def event_stream(job_id: str, after: str | None) -> tuple[str, dict[str, str]]:
@@ -236,3 +237,35 @@ def list_models() -> Call[list[Model]]:
 
 def get_model(model_id: str) -> Call[Model]:
     return Call("GET", path("/v1/models/{}", model_id), Model.model_validate)
+
+
+# --- text generation -----------------------------------------------------------------------------------
+
+
+def sampling(
+    max_tokens: int | None,
+    temperature: float | None,
+    top_p: float | None,
+    stop: str | Sequence[str] | None,
+    seed: int | None,
+) -> dict[str, Any]:
+    return clean_params(
+        max_tokens=max_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        stop=stop if stop is None or isinstance(stop, str) else list(stop),
+        seed=seed,
+    )
+
+
+def chat_body(model: str, messages: Sequence[Mapping[str, Any]], params: Mapping[str, Any]) -> dict[str, Any]:
+    return {"model": model, "messages": [dict(m) for m in messages], **params}
+
+
+def chat_completion(body: Mapping[str, Any]) -> Call[ChatCompletion]:
+    """A reply; retried like a prediction (generating changes nothing on the server)."""
+    return Call("POST", "/v1/chat/completions", ChatCompletion.model_validate, json={**body, "stream": False})
+
+
+def text_completion(body: Mapping[str, Any]) -> Call[TextCompletion]:
+    return Call("POST", "/v1/completions", TextCompletion.model_validate, json={**body, "stream": False})

@@ -55,9 +55,15 @@ class JobError(APIObject):
 
 
 class Progress(APIObject):
+    """Training steps, and (from servers that report it) the current phase with its own units done."""
+
     steps_completed: int = 0
     total_steps: int | None = None
     seconds_remaining: float | None = None
+    phase: str | None = None
+    done: int | None = None
+    total: int | None = None
+    eta_seconds: float | None = None
 
 
 class Job(APIObject):
@@ -107,14 +113,56 @@ class Checkpoint(APIObject):
     metrics: dict[str, Any] = Field(default_factory=dict)
 
 
-class MetricPoint(APIObject):
+class StepPoint(APIObject):
+    """One optimizer step's numbers."""
+
+    step: int
+    epoch: int | None = None
+    train_loss: float | None = None
+    train_accuracy: float | None = None
+    lr: float | None = None
+
+
+class EpochPoint(APIObject):
+    """One finished epoch: validation over the whole split, and training averages."""
+
+    epoch: int
     step: int | None = None
-    epoch: float | None = None
-    value: float
+    train_loss: float | None = None
+    train_accuracy: float | None = None
+    valid_loss: float | None = None
+    valid_accuracy: float | None = None
 
 
-#: Series name → points, e.g. ``{"train_loss": [MetricPoint(step=10, value=0.7)], "val_accuracy": [...]}``.
-Metrics = dict[str, list[MetricPoint]]
+class JobMetrics(APIObject):
+    """A job's curves: one point per step and one per epoch, oldest first."""
+
+    object: str = "fine_tuning.job.metrics"
+    steps: list[StepPoint] = Field(default_factory=list)
+    epochs: list[EpochPoint] = Field(default_factory=list)
+
+    @classmethod
+    def parse(cls, body: Any) -> JobMetrics:
+        """The answer of ``GET …/metrics``; also reads the older shape, one list per series
+        (``{"train_loss": [{"step", "epoch", "value"}], "val_accuracy": [...]}``)."""
+        if not isinstance(body, dict) or "steps" in body or "epochs" in body:
+            return cls.model_validate(body)
+        steps: dict[int, dict[str, Any]] = {}
+        epochs: dict[int, dict[str, Any]] = {}
+        for name, points in body.items():
+            if not isinstance(points, list):
+                continue
+            column = name.replace("val_", "valid_", 1) if name.startswith("val_") else name
+            for i, point in enumerate(points):
+                if column.startswith("valid_") or point.get("step") is None:
+                    epoch = int(point["epoch"]) if point.get("epoch") is not None else i + 1
+                    epochs.setdefault(epoch, {"epoch": epoch})[column] = point["value"]
+                else:
+                    step = int(point["step"])
+                    steps.setdefault(step, {"step": step})[column] = point["value"]
+        return cls.model_validate(
+            {"steps": [steps[k] for k in sorted(steps)], "epochs": [epochs[k] for k in sorted(epochs)]}
+        )
 
 
 class Adapter(APIObject):
@@ -150,3 +198,82 @@ class Prediction(APIObject):
     label: str
     score: float
     top_k: list[LabelScore] = Field(default_factory=list)
+
+
+# --- text generation (causal language models) ---------------------------------------------------------
+
+
+class Usage(APIObject):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+
+
+class ChatMessage(APIObject):
+    role: str = "assistant"
+    content: str | None = None
+
+
+class ChatChoice(APIObject):
+    index: int = 0
+    message: ChatMessage
+    finish_reason: str | None = None
+
+
+class ChatCompletion(APIObject):
+    id: str
+    object: str = "chat.completion"
+    created: int = 0
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage | None = None
+
+    @property
+    def text(self) -> str:
+        """The reply (the first choice's content)."""
+        return (self.choices[0].message.content or "") if self.choices else ""
+
+
+class ChunkDelta(APIObject):
+    role: str | None = None
+    content: str | None = None
+
+
+class ChatChunkChoice(APIObject):
+    index: int = 0
+    delta: ChunkDelta
+    finish_reason: str | None = None
+
+
+class ChatCompletionChunk(APIObject):
+    id: str
+    object: str = "chat.completion.chunk"
+    created: int = 0
+    model: str
+    choices: list[ChatChunkChoice] = Field(default_factory=list)
+    usage: Usage | None = None
+
+    @property
+    def text(self) -> str:
+        return (self.choices[0].delta.content or "") if self.choices else ""
+
+
+class CompletionChoice(APIObject):
+    index: int = 0
+    text: str = ""
+    finish_reason: str | None = None
+
+
+class TextCompletion(APIObject):
+    """A completion, and each chunk of a streamed one (the same object, as OpenAI has it)."""
+
+    id: str
+    object: str = "text_completion"
+    created: int = 0
+    model: str
+    choices: list[CompletionChoice] = Field(default_factory=list)
+    usage: Usage | None = None
+
+    @property
+    def text(self) -> str:
+        return self.choices[0].text if self.choices else ""
