@@ -1,4 +1,8 @@
-"""The local command line: ``grft train | eval | export-peft | models``.
+"""The local command line: ``grft train | eval | export-peft | local models``.
+
+The base-model registry of this machine is ``grft local models list|add``: ``grft models`` is the
+remote service's catalogue once the service's client commands are registered (``api.cli``), which
+keeps ``grft models add`` working as a deprecated spelling of ``grft local models add``.
 
 ``train`` has one option per ``GRFTConfig`` field, derived from its declaration (name, default,
 description, bounds, allowed values); the config validates what is given. Errors the user can fix
@@ -33,8 +37,12 @@ NoArgsIsHelpError: type[Exception] = getattr(
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, help="GRFT fine-tuning: train, evaluate, export."
 )
-models_app = typer.Typer(no_args_is_help=True, help="The base-model registry.")
-app.add_typer(models_app, name="models")
+local_app = typer.Typer(
+    no_args_is_help=True, help="This machine's own state: the local model store that 'train' uses."
+)
+app.add_typer(local_app, name="local")
+models_app = typer.Typer(no_args_is_help=True, help="The local base-model registry (GRFT_MODEL_DIR).")
+local_app.add_typer(models_app, name="models")
 out_console = Console()
 err_console = Console(stderr=True)
 

@@ -177,7 +177,7 @@ class TestTinyRun:
 
 class TestModels:
     def test_list_shows_builtins(self, capsys):
-        code, stdout, _ = call(capsys, "models", "list", "--json")
+        code, stdout, _ = call(capsys, "local", "models", "list", "--json")
         assert code == 0
         names = {m["name"] for m in json.loads(stdout)}
         assert {"mobilenetv2_100", "all-minilm-l6-v2", "tiny-vit", "tiny-cnn", "tiny-bert"} <= names
@@ -192,11 +192,11 @@ class TestModels:
 
         try:
             code, stdout, err = call(
-                capsys, "models", "add", "my-resnet", "--timm", "resnet10t", "--weights", str(weights)
+                capsys, "local", "models", "add", "my-resnet", "--timm", "resnet10t", "--weights", str(weights)
             )
             assert code == 0, err
             assert "registered my-resnet" in stdout
-            code, stdout, _ = call(capsys, "models", "list", "--json")
+            code, stdout, _ = call(capsys, "local", "models", "list", "--json")
             assert "my-resnet" in {m["name"] for m in json.loads(stdout)}
         finally:
             # The store is shared by the session: leave it as other tests expect it.
@@ -205,10 +205,10 @@ class TestModels:
     def test_add_refuses_pickles_and_ambiguous_sources(self, capsys, tmp_path):
         (tmp_path / "w.pth").write_bytes(torch.zeros(1).numpy().tobytes())
         code, _, err = call(
-            capsys, "models", "add", "x", "--timm", "resnet10t", "--weights", str(tmp_path / "w.pth")
+            capsys, "local", "models", "add", "x", "--timm", "resnet10t", "--weights", str(tmp_path / "w.pth")
         )
         assert code == 2
         assert ".safetensors" in err
-        code, _, err = call(capsys, "models", "add", "x", "--weights", str(tmp_path / "w.pth"))
+        code, _, err = call(capsys, "local", "models", "add", "x", "--weights", str(tmp_path / "w.pth"))
         assert code == 2
         assert "exactly one of --timm ARCH or --transformers PATH" in err

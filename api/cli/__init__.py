@@ -5,11 +5,14 @@ and a worker subprocess fed through the filesystem broker. The worker is started
 (``celery -A worker.celery_app``): the API never imports the worker.
 
 Importing this package registers the service's commands on the library's ``app``: ``serve`` and
-``worker`` (``api.cli.serve``), ``db`` (``api.cli.db``), ``keys`` (``api.cli.keys``).
+``worker`` (``api.cli.serve``), ``db`` (``api.cli.db``), ``keys`` (``api.cli.keys``), and the client
+commands of a remote server, ``files``, ``jobs``, ``adapters``, ``models``, ``login``, ``config``
+(``api.cli.client``, over ``grft_client``).
 """
 
 from __future__ import annotations
 
+from api.cli import client as _client_commands  # noqa: F401  (registers files, jobs, adapters, models, login)
 from api.cli.db import MIGRATIONS, upgrade_database
 from api.cli.keys import KEY_MAX_DAYS, create_api_key, keys_table, list_api_keys, revoke_api_key
 from api.cli.serve import (
