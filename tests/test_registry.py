@@ -35,7 +35,8 @@ def _mobilenet_pth() -> Path:
 
 class TestBuiltins:
     def test_lists_every_builtin_with_fingerprint(self, registry: ModelRegistry) -> None:
-        specs = registry.list()
+        # Built-in causal LMs are listed too, unconverted until first use (tests/lm covers them).
+        specs = [s for s in registry.list() if s.kind == "classifier"]
         assert [s.name for s in specs] == list(BUILTIN_MODELS)
         assert [s.name for s in specs] == [
             "mobilenetv2_100",

@@ -79,7 +79,14 @@ def causal_lm_state(model: nn.Module) -> dict[str, Tensor]:
 def _check_causal_config(config: Any, source: str) -> None:
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
-    if type(config) not in MODEL_FOR_CAUSAL_LM_MAPPING:
+    # A folder names its class (a BertModel folder is no language model, though BERT has an LM-head
+    # class); a GGUF file names none, and its family decides.
+    architectures = getattr(config, "architectures", None) or []
+    if architectures:
+        causal = any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures)
+    else:
+        causal = type(config) in MODEL_FOR_CAUSAL_LM_MAPPING
+    if not causal or getattr(config, "is_encoder_decoder", False):
         raise ConfigError(
             f"{source} is a {getattr(config, 'model_type', '?')} model, not a causal language model "
             "transformers can load",
