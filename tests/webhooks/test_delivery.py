@@ -206,6 +206,26 @@ class TestPolicyAtSendingTime:
         assert failed.last_error.startswith("refused by the network policy")
         assert retries.calls == []
 
+    def test_connects_to_the_checked_address_with_the_name_as_host(
+        self, settings: Settings, receiver: Receiver
+    ) -> None:
+        # A name the operator allows, resolved once by the policy: the request goes to that address and
+        # carries the name in its Host header (no second lookup could send it elsewhere).
+        port = int(receiver.url.split(":")[2].split("/")[0])
+        lookups: list[str] = []
+
+        def resolver(host: str, *args: Any, **kwargs: Any) -> list[Any]:
+            lookups.append(host)
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port))]
+
+        allowed = settings.model_copy(update={"webhook_allow_hosts": ["hooks.internal"]})
+        delivery_id, _, _ = pending(allowed, f"http://hooks.internal:{port}/grft?x=1")
+        assert webhooks.deliver(allowed, delivery_id, resolve=resolver) == "delivered"
+        assert lookups == ["hooks.internal"]
+        [request] = receiver.requests
+        assert request.headers["host"] == f"hooks.internal:{port}"
+        assert request.path == "/grft?x=1"
+
     def test_unresolvable_name_is_retried(self, settings: Settings) -> None:
         def nxdomain(*args: Any, **kwargs: Any) -> list[Any]:
             raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
