@@ -322,26 +322,44 @@ def models_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> Non
     if as_json:
         print(json.dumps([s.to_dict() for s in specs], indent=2))
         return
-    table = Table("name", "family", "modality", "params", "fingerprint")
+    table = Table("name", "kind", "family", "modality", "params", "fingerprint")
     for s in specs:
-        table.add_row(s.name, s.family, s.modality, f"{s.num_params:,}", s.fingerprint[:19])
+        # A built-in causal LM not converted yet has no fingerprint or count until its first use.
+        params = f"{s.num_params:,}" if s.fingerprint else "(on first use)"
+        table.add_row(s.name, s.kind, s.family, s.modality, params, s.fingerprint[:19])
     out_console.print(table)
 
 
 @models_app.command("add")
 def models_add(
     name: Annotated[str, typer.Argument(help="Name to register.")],
+    path: Annotated[
+        Path | None,
+        typer.Argument(help="A causal language model: a .gguf file or a Hugging Face folder."),
+    ] = None,
     weights: Annotated[Path | None, typer.Option(help="Backbone weights (.safetensors).")] = None,
     timm: Annotated[str | None, typer.Option("--timm", help="timm architecture name.")] = None,
     transformers: Annotated[
         Path | None, typer.Option("--transformers", help="transformers model folder.")
     ] = None,
 ) -> None:
-    """Register a timm architecture or a transformers folder with safetensors weights."""
+    """Register a causal LM (PATH), a timm architecture or a transformers folder with safetensors weights."""
     from grft_core.models.registry import ModelRegistry
 
+    if path is not None:
+        if timm is not None or transformers is not None or weights is not None:
+            raise _fail("give a causal LM PATH alone, or one of --timm ARCH / --transformers PATH")
+        try:
+            spec = ModelRegistry().add_causal_lm(name, path)
+        except GrftError as exc:
+            raise _fail_from(exc) from exc
+        out_console.print(
+            f"registered {spec.name} (causal_lm, {spec.arch}, {spec.num_params:,} parameters, "
+            f"{spec.fingerprint[:19]})"
+        )
+        return
     if (timm is None) == (transformers is None):
-        raise _fail("give exactly one of --timm ARCH or --transformers PATH")
+        raise _fail("give a causal LM PATH, or exactly one of --timm ARCH or --transformers PATH")
     if weights is not None and weights.suffix != ".safetensors":
         raise _fail(f"--weights must be a .safetensors file (got {weights.name})")
     try:
