@@ -30,7 +30,7 @@ from domain.jobs.states import TERMINAL, UNFINISHED
 from domain.settings import Settings
 from grft_core.errors import ConfigError, ModelNotFound
 from grft_core.method import GRFTConfig, public_name
-from grft_core.models.registry import BUILTIN_MODELS, ModelRegistry
+from grft_core.models.registry import ModelRegistry, is_builtin
 
 # --- create ---------------------------------------------------------------------------------------
 
@@ -76,7 +76,7 @@ def check_model(settings: Settings, name: str) -> None:
     Built-in names are accepted without writing their weights into the store: the worker does that
     on first use, outside a request.
     """
-    if name not in BUILTIN_MODELS:
+    if not is_builtin(name):  # a built-in causal LM takes about a minute to convert
         ModelRegistry(settings.model_dir).get(name)
 
 
