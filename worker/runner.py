@@ -29,7 +29,9 @@ from domain.queue import RUN_JOB
 from domain.settings import Settings
 from grft_core.data.loading import load_train_val
 from grft_core.errors import DatasetRejected, GrftError, TrainingInterrupted
+from grft_core.lm_pipeline import validate_lm_files
 from grft_core.method.config import GRFTConfig
+from grft_core.models.causal import CAUSAL_LM
 from grft_core.models.registry import ModelRegistry
 from grft_core.pipeline import train_to_folder
 from worker.datasets import data_limits, data_uris, tenant_names
@@ -102,26 +104,33 @@ def validate_job(settings: Settings, job_id: str, publish: Publish) -> str:
         spec = ModelRegistry(settings.model_dir).get(job.model)
         train_uri, val_uri = data_uris(settings, job, work, should_stop)
         names = tenant_names(job, train_uri, val_uri)
-        train, val = load_train_val(
-            train_uri,
-            val_uri,
-            val_fraction=config.val_fraction,
-            seed=config.seed,
-            limits=data_limits(settings),
-            should_stop=should_stop,
-        )
-        if spec.modality != train.modality:
-            raise DatasetRejected(
-                f"model {spec.name!r} takes {spec.modality} inputs but training_file holds {train.modality}",
-                param="training_file",
+        if spec.kind == CAUSAL_LM:
+            # Chat or prompt/completion JSONL: every line, and the chat template's split into turns.
+            summary = validate_lm_files(
+                spec, train_uri, val_uri, config, limits=data_limits(settings), should_stop=should_stop
             )
-        summary = {
-            "train_examples": len(train),
-            "validation_examples": len(val),
-            "classes": train.classes,
-            "modality": train.modality,
-        }
-        del train, val
+        else:
+            train, val = load_train_val(
+                train_uri,
+                val_uri,
+                val_fraction=config.val_fraction,
+                seed=config.seed,
+                limits=data_limits(settings),
+                should_stop=should_stop,
+            )
+            if spec.modality != train.modality:
+                raise DatasetRejected(
+                    f"model {spec.name!r} takes {spec.modality} inputs "
+                    f"but training_file holds {train.modality}",
+                    param="training_file",
+                )
+            summary = {
+                "train_examples": len(train),
+                "validation_examples": len(val),
+                "classes": train.classes,
+                "modality": train.modality,
+            }
+            del train, val
     except TrainingInterrupted as exc:
         heartbeat.stop()
         if heartbeat.lost.is_set():
