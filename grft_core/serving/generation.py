@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -309,6 +310,12 @@ class GenerationEngine:
         """``submit`` and wait for the completion."""
         return self.submit(prompt, adapter_id, params).result()
 
+    @property
+    def waiting(self) -> int:
+        """Requests queued and not yet in the running batch."""
+        with self._cond:
+            return len(self._waiting)
+
     def close(self) -> None:
         """Stop the thread; requests not finished end with ``GenerationCancelled``."""
         with self._cond:
@@ -325,17 +332,21 @@ class GenerationEngine:
                     self._cond.wait()
                 if self._closed:
                     break
-                joining: list[_Request] = []
-                while self._waiting and len(self._running) + len(joining) < self.max_batch:
-                    joining.append(self._waiting.popleft())
+            joining: list[_Request] = []
             try:
                 with self.lock, torch.inference_mode():
+                    # Picked once the model is ours: whoever holds the lock (adding an adapter) delays
+                    # the step, and everything that arrived meanwhile joins it.
+                    with self._cond:
+                        while self._waiting and len(self._running) + len(joining) < self.max_batch:
+                            joining.append(self._waiting.popleft())
                     for request in joining:
                         self._prefill(request)
                     self._drop_finished()
                     if self._running:
                         self._decode()
                         self._drop_finished()
+                time.sleep(0)  # let a thread waiting for the lock (an adapter load) take it between steps
             except Exception as exc:  # one bad forward must not kill the thread: fail what it touched
                 log.exception("generation step failed")
                 for request in {id(r): r for r in [*self._running, *joining]}.values():
