@@ -23,14 +23,23 @@ then stays small without letting examples attend across each other, as packing w
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
 
-from grft_core.data.chat_tokens import IGNORE_INDEX, TokenizedExample
-
 __all__ = ["BUCKET_WINDOW", "CausalLMCollator", "CausalLMForTraining", "enable_memory_savers"]
+
+#: The label of a position the loss ignores (as in ``grft_core.data.chat_tokens``; PyTorch's default).
+IGNORE_INDEX = -100
+
+
+class TokenizedExample(Protocol):
+    """What the collator reads of an example (``grft_core.data.chat_tokens.TokenizedExample``)."""
+
+    input_ids: list[int]
+    labels: list[int]
+
 
 #: Batches per sorting window: wide enough that neighbours in a window have similar lengths, narrow
 #: enough that an epoch's batch order stays well mixed.

@@ -78,3 +78,24 @@ def write_jsonl(path: Path, rows: list[Any]) -> Path:
     """One JSON value per line."""
     path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
     return path
+
+
+def chitchat_rows(count: int, *, max_turns: int = 6) -> list[dict[str, Any]]:
+    """The first ``count`` chitchat-dataset conversations in chat format: the two speakers' turns
+    become user and assistant messages (the file is read, the package never imported)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("chitchat_dataset")
+    assert spec is not None
+    assert spec.submodule_search_locations
+    folder = Path(next(iter(spec.submodule_search_locations)))
+    conversations = json.loads((folder / "dataset.json").read_text(encoding="utf-8"))
+    rows = []
+    for key in sorted(conversations)[:count]:
+        turns = conversations[key]["messages"][:max_turns]
+        messages = [
+            {"role": "user" if i % 2 == 0 else "assistant", "content": " ".join(u["text"] for u in turn)}
+            for i, turn in enumerate(turns)
+        ]
+        rows.append({"messages": messages})
+    return rows
