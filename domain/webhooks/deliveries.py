@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import delete, exists, or_, select, update
 from sqlalchemy.orm import Session
 
 from domain.db import utcnow
@@ -30,6 +30,8 @@ RETRYABLE_4XX = frozenset({408, 429})
 MAX_BODY_CHARS = 1024
 MAX_ERROR_CHARS = 512
 _SYNC = {"synchronize_session": False}
+# Finished deliveries (and the events no delivery names any more) are kept this long for the log.
+LOG_RETENTION = timedelta(days=30)
 
 
 @dataclass(frozen=True)
@@ -182,6 +184,7 @@ def reconcile(
         .values(status=FAILED, last_error="the sender stopped before recording its last attempt"),
         execution_options=_SYNC,
     )
+    prune(session, now=now)
     waiting = or_(
         WebhookDelivery.enqueued_at.is_(None),
         WebhookDelivery.enqueued_at < now - timedelta(seconds=republish_after_s),
@@ -197,6 +200,23 @@ def reconcile(
         .returning(WebhookDelivery.id)
     )
     return [row[0] for row in session.execute(stmt, execution_options=_SYNC).all()]
+
+
+def prune(session: Session, *, now: datetime | None = None) -> int:
+    """Delete deliveries finished longer than ``LOG_RETENTION`` ago (their attempts go with them) and
+    the events left without a delivery; returns how many deliveries went."""
+    cutoff = (now or utcnow()) - LOG_RETENTION
+    gone = session.execute(
+        delete(WebhookDelivery)
+        .where(WebhookDelivery.status.in_((DELIVERED, FAILED)), WebhookDelivery.created_at < cutoff)
+        .returning(WebhookDelivery.id),
+        execution_options=_SYNC,
+    ).all()
+    orphan = ~exists().where(WebhookDelivery.event_id == WebhookEvent.id)
+    session.execute(
+        delete(WebhookEvent).where(WebhookEvent.created_at < cutoff, orphan), execution_options=_SYNC
+    )
+    return len(gone)
 
 
 def attempts_of(session: Session, delivery_ids: list[str]) -> dict[str, list[WebhookAttempt]]:
@@ -222,6 +242,7 @@ __all__ = [
     "Claim",
     "Verdict",
     "attempts_of",
+    "prune",
     "backoff",
     "claim",
     "reconcile",

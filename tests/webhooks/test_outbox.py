@@ -133,3 +133,31 @@ class TestPublished:
         assert (DELIVER_WEBHOOK, delivery.id) in sent
         reconcile.reconcile(settings, lambda name, arg: sent.append((name, arg)))
         assert sent.count((DELIVER_WEBHOOK, delivery.id)) == 1
+
+
+def test_finished_deliveries_leave_the_log_after_retention(settings: Settings) -> None:
+    from domain.webhooks.deliveries import LOG_RETENTION, prune
+
+    tenant_id = tenant(settings)
+    endpoint(settings, tenant_id, "http://127.0.0.1:9/a")
+    ids = []
+    for _ in range(3):
+        job_id = job(settings, tenant_id)
+        with session_scope(settings.database_url) as session:
+            lifecycle.cancel(session, tenant_id, job_id)
+        ids.append(deliveries_of(settings, tenant_id)[-1][0].id)
+    old = utcnow() - LOG_RETENTION - timedelta(days=1)
+    with session_scope(settings.database_url) as session:
+        for delivery_id, status, created in zip(
+            ids, ["delivered", "failed", "pending"], [old, utcnow(), old], strict=True
+        ):
+            row = session.get_one(WebhookDelivery, delivery_id)
+            row.status, row.created_at = status, created
+            session.get_one(WebhookEvent, row.event_id).created_at = created
+    with session_scope(settings.database_url) as session:
+        prune(session)
+    remaining = {d.id: e.id for d, e in deliveries_of(settings, tenant_id)}
+    assert sorted(remaining) == sorted(ids[1:])  # a recent failure and an old pending one stay
+    with session_scope(settings.database_url) as session:
+        events = session.scalars(select(WebhookEvent.id).where(WebhookEvent.tenant_id == tenant_id)).all()
+    assert sorted(events) == sorted(remaining.values())
