@@ -41,6 +41,14 @@ MAX_STEP_EVENTS = 500
 _NO_LIMIT = 1 << 50
 
 
+class PauseRequested(TrainingInterrupted):
+    """The job was asked to pause and its checkpoint at ``step`` is stored: the attempt stops here."""
+
+    def __init__(self, step: int) -> None:
+        super().__init__(f"paused after the checkpoint at step {step}")
+        self.step = step
+
+
 def _step_of(folder: Path | str) -> int:
     return int(posixpath.basename(str(folder)).removeprefix(PREFIX))
 
@@ -234,6 +242,8 @@ class JobReporter:
                 )
 
         status = retrying(record, budget_s=self.patience, what=f"checkpoint of {self.lease.job_id}")
+        if status == JobStatus.PAUSING:  # stop now: this checkpoint holds every step so far
+            raise PauseRequested(step)
         if status == JobStatus.CANCELLING:
             self.heartbeat.cancel.set()
             raise TrainingInterrupted("a cancel was requested")

@@ -13,30 +13,29 @@ import logging
 import shutil
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from domain.artifacts import ArtifactStore, checkpoints_key
 from domain.db import session_scope, utcnow
 from domain.ids import new_id
-from domain.jobs import events
+from domain.jobs import continuation, events, results
 from domain.jobs import lifecycle as state
 from domain.jobs import repository as jobs
 from domain.jobs.lifecycle import Lease, LeaseLost, Publish
 from domain.jobs.specs import JobSpec, job_spec
 from domain.jobs.states import JobStatus
-from domain.models import Adapter
+from domain.models import Adapter, File
 from domain.queue import RUN_JOB
 from domain.settings import Settings
+from grft_core.adapters.format import load_adapter
 from grft_core.data.loading import load_train_val
 from grft_core.errors import DatasetRejected, GrftError, TrainingInterrupted
-from grft_core.lm_pipeline import validate_lm_files
 from grft_core.method.config import GRFTConfig
-from grft_core.models.causal import CAUSAL_LM
 from grft_core.models.registry import ModelRegistry
 from grft_core.pipeline import train_to_folder
 from worker.datasets import data_limits, data_uris, tenant_names
 from worker.errors import PublicError, public_error
-from worker.progress import CancelCheck, JobReporter
+from worker.progress import CancelCheck, JobReporter, PauseRequested
 from worker.transient import is_transient, retrying, wait_for_database
 
 log = logging.getLogger(__name__)
@@ -104,33 +103,30 @@ def validate_job(settings: Settings, job_id: str, publish: Publish) -> str:
         spec = ModelRegistry(settings.model_dir).get(job.model)
         train_uri, val_uri = data_uris(settings, job, work, should_stop)
         names = tenant_names(job, train_uri, val_uri)
-        if spec.kind == CAUSAL_LM:
-            # Chat or prompt/completion JSONL: every line, and the chat template's split into turns.
-            summary = validate_lm_files(
-                spec, train_uri, val_uri, config, limits=data_limits(settings), should_stop=should_stop
+        train, val = load_train_val(
+            train_uri,
+            val_uri,
+            val_fraction=config.val_fraction,
+            seed=config.seed,
+            limits=data_limits(settings),
+            should_stop=should_stop,
+        )
+        if spec.modality != train.modality:
+            raise DatasetRejected(
+                f"model {spec.name!r} takes {spec.modality} inputs but training_file holds {train.modality}",
+                param="training_file",
             )
-        else:
-            train, val = load_train_val(
-                train_uri,
-                val_uri,
-                val_fraction=config.val_fraction,
-                seed=config.seed,
-                limits=data_limits(settings),
-                should_stop=should_stop,
-            )
-            if spec.modality != train.modality:
-                raise DatasetRejected(
-                    f"model {spec.name!r} takes {spec.modality} inputs "
-                    f"but training_file holds {train.modality}",
-                    param="training_file",
-                )
-            summary = {
-                "train_examples": len(train),
-                "validation_examples": len(val),
-                "classes": train.classes,
-                "modality": train.modality,
-            }
-            del train, val
+        summary = {
+            "train_examples": len(train),
+            "validation_examples": len(val),
+            "classes": train.classes,
+            "modality": train.modality,
+        }
+        # Counted once here, where the data is read anyway: the job's trained_tokens at success.
+        tokens = results.tokens_per_epoch(spec, train.items, config.max_length, should_stop)
+        if tokens is not None:
+            summary["train_tokens_per_epoch"] = tokens
+        del train, val
     except TrainingInterrupted as exc:
         heartbeat.stop()
         if heartbeat.lost.is_set():
@@ -253,6 +249,8 @@ def run_job(settings: Settings, job_id: str, publish: Publish) -> str:
             outcome = "lease_lost"
         elif heartbeat.cancel.is_set():
             outcome = _settle(settings, lease, "error", "the job was cancelled", None, retry=True)
+        elif isinstance(exc, PauseRequested):
+            outcome = _pause(settings, lease, exc.step)
         else:
             error = _public(settings, job, lease, exc, tenant_names(job), work, f"attempt of {job_id}")
             outcome = _settle(settings, lease, error.code, error.message, None, retry=True)
@@ -342,13 +340,16 @@ def _attempt(settings: Settings, job: JobSpec, lease: Lease, heartbeat: Heartbea
     reporter = JobReporter(settings, lease, store, heartbeat)
     reporter.announce_resume(checkpoints)
     out = work / "adapter"
+    registry = ModelRegistry(settings.model_dir)
+    parent = _parent(settings, job, store, registry, work, checkpoints) if job.init_from else None
     metrics = train_to_folder(
         job.model,
         train_uri,
         out,
         config,
         val_uri=val_uri,
-        registry=ModelRegistry(settings.model_dir),
+        # Duck-typed: train_to_folder asks a registry for get() and load() only.
+        registry=cast(ModelRegistry, parent) if parent is not None else registry,
         callbacks=[reporter],
         checkpoint_dir=checkpoints,
         limits=data_limits(settings),
@@ -357,7 +358,41 @@ def _attempt(settings: Settings, job: JobSpec, lease: Lease, heartbeat: Heartbea
     heartbeat.stop()
     if heartbeat.cancel.is_set():
         raise TrainingInterrupted("a cancel was requested")
+    if parent is not None and job.init_from is not None:
+        continuation.combine(out, parent.parent, job.init_from)
     return _publish_adapter(settings, job, lease, store, out, metrics)
+
+
+def _parent(
+    settings: Settings,
+    job: JobSpec,
+    store: ArtifactStore,
+    registry: ModelRegistry,
+    work: Path,
+    checkpoints: Path,
+) -> continuation.ContinuingRegistry:
+    """The registry that loads the base with the parent's deltas (``domain.jobs.continuation``), the
+    parent's rows written as the run's selection."""
+    assert job.init_from is not None
+    with session_scope(settings.database_url) as session:
+        key = continuation.parent_key(session, store, registry, job.tenant_id, job.init_from)
+        labels = results.validation_summary(session, job.id).get("classes")
+    parent = load_adapter(store.get_folder(key, work / "parent"))
+    continuation.seed_selection(parent, checkpoints)
+    return continuation.ContinuingRegistry(registry, parent, labels)
+
+
+def _pause(settings: Settings, lease: Lease, step: int) -> str:
+    """The attempt stopped after its checkpoint at ``step`` because a pause was asked: paused (or
+    whatever a cancel asked meanwhile makes of it)."""
+
+    def ack() -> bool:
+        with session_scope(settings.database_url) as session:
+            return state.ack_pause(session, lease, step=step)
+
+    if retrying(ack, budget_s=settings.lease_seconds, what=f"pausing {lease.job_id}"):
+        return JobStatus.PAUSED
+    return _settle(settings, lease, "error", "the job was paused", None, retry=True)
 
 
 def _publish_adapter(
@@ -382,21 +417,54 @@ def _publish_adapter(
         created_at=utcnow(),
     )
 
+    result_file = _results_file(settings, job, store, metrics)
+    result_key = store.key_of(result_file.uri) if result_file is not None else None
+
     def commit() -> JobStatus | None:
         with session_scope(settings.database_url) as session:
             if session.get(Adapter, adapter_id) is not None:  # an earlier try committed; its reply was lost
                 return JobStatus.SUCCEEDED
-            return state.complete(session, lease, adapter, metrics, int(metrics["trainable_params"]))
+            outcome = state.complete(session, lease, adapter, metrics, int(metrics["trainable_params"]))
+            if outcome == JobStatus.SUCCEEDED and result_file is not None:
+                session.add(File(**{c: getattr(result_file, c) for c in _FILE_COLUMNS}))
+            return outcome
 
     try:
         outcome = retrying(commit, budget_s=settings.lease_seconds, what=f"publishing {adapter_id}")
     except BaseException as exc:
         if not is_transient(exc):  # a commit that may have happened keeps the files its row names
             store.delete(key)
+            if result_key:
+                store.delete(result_key)
         raise
     if outcome != JobStatus.SUCCEEDED:
         store.delete(key)
+        if result_key:
+            store.delete(result_key)
     return outcome or "lease_lost"
+
+
+_FILE_COLUMNS = ("id", "tenant_id", "filename", "purpose", "bytes", "sha256", "uri", "created_at")
+
+
+def _results_file(
+    settings: Settings, job: JobSpec, store: ArtifactStore, metrics: dict[str, Any]
+) -> File | None:
+    """The job's results CSV, stored (its row is added with the success), its id in
+    ``metrics["result_files"]``; and ``metrics["trained_tokens"]`` for text jobs unless the trainer
+    counted them itself. Reporting only: a failure here costs the job nothing but the file."""
+    try:
+        with session_scope(settings.database_url) as session:
+            content = results.results_csv(session, job.id)
+            per_epoch = results.validation_summary(session, job.id).get("train_tokens_per_epoch")
+        if isinstance(per_epoch, int) and metrics.get("trained_tokens") is None:
+            metrics["trained_tokens"] = per_epoch * int(_config(settings, job).epochs)
+        row = results.store_results_file(store, job.tenant_id, job.id, content)
+    except Exception:  # noqa: BLE001 - the adapter matters more than its report
+        log.warning("could not write the results file of %s", job.id, exc_info=True)
+        return None
+    metrics["result_files"] = [row.id]
+    return row
 
 
 def _free_memory() -> None:
