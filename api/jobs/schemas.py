@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, Optional
 
 from pydantic import (
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     Field,
     StringConstraints,
@@ -24,6 +23,7 @@ from pydantic import (
 from pydantic.fields import FieldInfo
 
 from api.files.schemas import unix
+from api.jobs.reporting import AUTO_FIELDS, JobHyperparameters, JobMetrics, Progress, with_auto
 from api.pagination import CursorPage
 from domain.jobs import models
 from domain.jobs.integrations import MAX_INTEGRATIONS, Integration
@@ -43,12 +43,8 @@ LIBRARY_METHOD: dict[MethodType, str] = {
 }
 # OpenAI's learning_rate_multiplier scales this.
 DEFAULT_LR: float = GRFTConfig.model_fields["lr"].default
-# OpenAI's knobs that take "auto": the library's default.
-AUTO = ("n_epochs", "batch_size", "learning_rate_multiplier")
-
-
-def _auto_is_default(value: Any) -> Any:
-    return None if value == "auto" else value
+# The knobs that take "auto" (OpenAI's: the service picks them; see ``api.jobs.reporting``).
+AUTO = tuple(AUTO_FIELDS)
 
 
 MetadataKey = Annotated[str, StringConstraints(min_length=1, max_length=64)]
@@ -68,20 +64,18 @@ class Hyperparameters(_Request):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     # OpenAI's multiplier of the default learning rate; the only knob the library does not have.
-    learning_rate_multiplier: Annotated[
-        Annotated[float, Field(gt=0, le=1000)] | None, BeforeValidator(_auto_is_default)
-    ] = None
+    learning_rate_multiplier: Annotated[float, Field(gt=0, le=1000)] | Literal["auto"] | None = None
 
 
 def _optional(info: FieldInfo, public: str) -> tuple[Any, Any]:
-    """The library field as an optional request field: same type and bounds, ``None`` (or "auto")
-    meaning the library's default."""
+    """The library field as an optional request field: same type and bounds, ``None`` meaning the
+    library's default; the knobs of ``AUTO`` also take ``"auto"`` (the worker chooses)."""
     annotation: Any = info.annotation
     if info.metadata:
         annotation = Annotated.__class_getitem__((annotation, *info.metadata))  # type: ignore[attr-defined]
-    annotation = Optional[annotation]  # noqa: UP045 - built at run time from a value
     if public in AUTO:
-        annotation = Annotated[annotation, BeforeValidator(_auto_is_default)]
+        annotation = annotation | Literal["auto"]
+    annotation = Optional[annotation]  # noqa: UP045 - built at run time from a value
     return annotation, Field(default=None, description=info.description)
 
 
@@ -207,18 +201,6 @@ class JobError(BaseModel):
         )
 
 
-class JobHyperparameters(BaseModel):
-    n_epochs: int | None
-    batch_size: int | None
-    learning_rate_multiplier: float | None
-
-
-class Progress(BaseModel):
-    steps_completed: int
-    total_steps: int | None
-    seconds_remaining: float | None
-
-
 class Job(BaseModel):
     id: str
     object: Literal["fine_tuning.job"] = "fine_tuning.job"
@@ -249,8 +231,7 @@ class Job(BaseModel):
         """The OpenAI job object; ``method`` shows the stored config under the request's names."""
         config = job.method or {}
         method_type = config.get("method", "grft")
-        shown = shown_hyperparameters(config)
-        lr = config.get("lr")
+        shown = with_auto(shown_hyperparameters(config), job)
         estimated_finish = None
         if job.status == JobStatus.RUNNING and job.seconds_remaining is not None:
             estimated_finish = int(time.time() + job.seconds_remaining)
@@ -266,22 +247,14 @@ class Job(BaseModel):
             status=JobStatus(job.status),
             validation_file=job.validation_file,
             training_file=job.training_file,
-            hyperparameters=JobHyperparameters(
-                n_epochs=config.get("epochs"),
-                batch_size=config.get("batch_size"),
-                learning_rate_multiplier=lr / DEFAULT_LR if isinstance(lr, int | float) else None,
-            ),
+            hyperparameters=JobHyperparameters.of(job),
             error=JobError.of(job.error),
             seed=job.seed,
             metadata=job.metadata_ or {},
             method={"type": method_type, method_type: {"hyperparameters": shown}},
             estimated_finish=estimated_finish,
             user_provided_suffix=job.suffix,
-            progress=Progress(
-                steps_completed=job.steps_completed,
-                total_steps=job.total_steps,
-                seconds_remaining=job.seconds_remaining,
-            ),
+            progress=Progress.of(job),
             trainable_params=job.trainable_params,
             adapter_id=job.adapter_id,
             integrations=list(job.integrations or []),
@@ -364,14 +337,8 @@ class CheckpointList(CursorPage[Checkpoint]):
     pass
 
 
-class MetricPoint(BaseModel):
-    step: int | None = None
-    epoch: float | None = None
-    value: float
-
-
-# Series name -> points, e.g. {"train_loss": [{"step": 10, "value": 0.7}], "val_accuracy": [...]}.
-Metrics = dict[str, list[MetricPoint]]
+# Per-step and per-epoch curves (``api.jobs.reporting``).
+Metrics = JobMetrics
 
 
 class JobDeleted(BaseModel):

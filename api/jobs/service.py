@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import secrets
 from collections.abc import Mapping
 from typing import Any
@@ -17,7 +16,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from api.errors import BadRequest, Conflict, JobNotFinished, NotFound, QuotaExceeded
-from api.jobs import schemas
+from api.jobs import reporting, schemas
 from domain.artifacts import ArtifactStore, job_key
 from domain.dataset_uris import check_dataset_uri
 from domain.db import utcnow
@@ -54,6 +53,9 @@ def build_config(body: schemas.JobCreate, seed: int) -> dict[str, Any]:
         values.update(body.hyperparameters.model_dump(exclude_none=True))
     if body.method is not None:  # the method's own hyperparameters win over the legacy ones
         values.update(body.method.hyperparameters.model_dump(exclude_none=True))
+    auto = reporting.pop_auto(values)  # "auto": the worker chooses (grft_core.method.autotune)
+    if auto:
+        values["auto"] = auto
     multiplier = values.pop("learning_rate_multiplier", None)
     if multiplier is not None and "learning_rate" not in values:
         values["learning_rate"] = schemas.DEFAULT_LR * multiplier
@@ -345,17 +347,6 @@ def checkpoints_page(
 
 
 def metrics(session: Session, tenant_id: str, job_id: str) -> schemas.Metrics:
-    """Curves from the job's ``metrics`` events: each number in an event's data extends the series of
-    its name, indexed by the event's ``step`` and/or ``epoch``."""
+    """Per-step and per-epoch curves from the job's ``metrics`` events (``reporting.build_metrics``)."""
     get(session, tenant_id, job_id)
-    series: schemas.Metrics = {"train_loss": [], "val_accuracy": [], "val_loss": [], "lr": []}
-    for data in repository.metric_data(session, tenant_id, job_id):
-        step, epoch = data.get("step"), data.get("epoch")
-        for name, value in data.items():
-            if name in ("step", "epoch") or isinstance(value, bool) or not isinstance(value, int | float):
-                continue
-            if not math.isfinite(value):
-                continue
-            point = schemas.MetricPoint(step=step, epoch=epoch, value=float(value))
-            series.setdefault(name, []).append(point)
-    return series
+    return reporting.build_metrics(repository.metric_data(session, tenant_id, job_id))

@@ -47,6 +47,8 @@ class Job(Base):
     steps_completed: Mapped[int] = mapped_column(Integer, default=0)
     total_steps: Mapped[int | None] = mapped_column(Integer, default=None)
     seconds_remaining: Mapped[float | None] = mapped_column(default=None)
+    # The phase in course and how far it is: {"phase", "done", "total", "eta_seconds"} (worker.progress).
+    progress: Mapped[dict[str, Any] | None] = mapped_column(default=None)
     trainable_params: Mapped[int | None] = mapped_column(BigInteger, default=None)
     adapter_id: Mapped[str | None] = mapped_column(String(64), default=None)
     result: Mapped[dict[str, Any] | None] = mapped_column(default=None)

@@ -104,10 +104,10 @@ class TestValidateAndRun:
         assert selection.data is not None
         assert sum(selection.data["modules"].values()) == selection.data["selected"] > 0
         metrics = [e.data for e in events if e.type == "metrics" and e.data]
-        per_epoch = [m for m in metrics if "val_accuracy" in m]
+        per_epoch = [m for m in metrics if "valid_accuracy" in m]
         per_step = [m for m in metrics if "lr" in m]
-        assert [m["epoch"] for m in per_epoch] == [0, 1]
-        assert {"train_loss", "val_loss", "step"} <= set(per_epoch[0])
+        assert [m["epoch"] for m in per_epoch] == [1, 2]  # epochs count from 1
+        assert {"train_loss", "train_accuracy", "valid_loss", "step"} <= set(per_epoch[0])
         assert [m["step"] for m in per_step] == list(range(1, 13))
         assert events[-1].message == "The job has successfully completed"
 

@@ -396,11 +396,38 @@ async function jobsView(main) {
   await refresh();
 }
 
+// What each phase of a job (progress.phase) is called on the page.
+const PHASES = { validating: "Validating the data", queued: "Queued", preparing: "Loading data and model",
+  selecting: "Selecting rows", tuning: "Choosing hyperparameters", evaluating: "Evaluating",
+  training: "Training", done: "Done" };
+
+/** The bar's fraction and the line under it: the phase, its units done and its ETA. */
+function progressSummary(job) {
+  const p = job.progress || {};
+  const phase = p.phase || (p.total_steps ? "training" : null);
+  const fraction = job.status === "succeeded" ? 1 : p.fraction ?? (p.total_steps ? p.steps_completed / p.total_steps : 0);
+  const pct = `${Math.round(fraction * 100)}%`;
+  const eta = ACTIVE.has(job.status) && p.eta_seconds !== null && p.eta_seconds !== undefined
+    ? ` · ETA ${fmtDuration(p.eta_seconds)}` : "";
+  let text;
+  if ((phase === "training" || phase === "done") && p.total_steps) {
+    text = `Step ${p.steps_completed} of ${p.total_steps} (${pct})${phase === "training" ? eta : ""}`;
+  } else if (phase) {
+    const name = PHASES[phase] || phase;
+    text = p.total ? `${name}: ${p.done} of ${p.total} (${pct})${eta}` : ACTIVE.has(job.status) ? `${name}…` : name;
+  } else {
+    text = ACTIVE.has(job.status) ? "Waiting for the first training step…" : "No training steps recorded.";
+  }
+  return { phase, fraction, text, short: phase && phase !== "training" && phase !== "done" ? PHASES[phase] || phase : null };
+}
+
 function progressCell(job) {
   const p = job.progress || {};
-  if (!p.total_steps) return h("span", { class: "muted" }, job.status === "succeeded" ? "done" : "—");
-  return h("div", { class: "progress-cell" }, bar(p.steps_completed / p.total_steps),
-    h("span", { class: "small" }, `${p.steps_completed}/${p.total_steps}`));
+  const summary = progressSummary(job);
+  if (!p.total_steps && !summary.short) return h("span", { class: "muted" }, job.status === "succeeded" ? "done" : "—");
+  const label = summary.short && ACTIVE.has(job.status) ? summary.short : `${p.steps_completed}/${p.total_steps}`;
+  return h("div", { class: "progress-cell" }, bar(summary.fraction),
+    h("span", { class: "small", "data-phase": summary.phase || "" }, label));
 }
 
 function jobRow(job) {
@@ -465,15 +492,10 @@ async function jobView(main, jobId) {
     title.replaceChildren(h("h1", {}, job.id), statusBadge(job.status));
     cancel.disabled = !ACTIVE.has(job.status) || job.status === "cancelling";
     cancel.hidden = !ACTIVE.has(job.status);
-    const p = job.progress || {};
-    const total = p.total_steps || 0;
-    const fraction = job.status === "succeeded" ? 1 : total ? p.steps_completed / total : 0;
-    progressHolder.replaceChildren(bar(fraction, "job progress"));
-    const eta = ACTIVE.has(job.status) && p.seconds_remaining !== null && p.seconds_remaining !== undefined
-      ? ` · ETA ${fmtDuration(p.seconds_remaining)}` : "";
-    progressText.textContent = total
-      ? `Step ${p.steps_completed} of ${total} (${Math.round(fraction * 100)}%)${eta}`
-      : ACTIVE.has(job.status) ? "Waiting for the first training step…" : `No training steps recorded.`;
+    const summary = progressSummary(job);
+    progressHolder.replaceChildren(bar(summary.fraction, "job progress"));
+    progressHolder.dataset.phase = summary.phase || "";
+    progressText.textContent = summary.text;
     const adapter = job.adapter_id
       ? h("a", { href: `#/adapters/${encodeURIComponent(job.adapter_id)}`, id: "job-adapter" }, job.adapter_id) : null;
     facts.replaceChildren(definitionList([
@@ -491,17 +513,16 @@ async function jobView(main, jobId) {
       ? h("p", { class: "error" }, `${job.error.code}: ${job.error.message}`) : "");
   }
 
+  // metrics: {steps: [{step, train_loss, ...}], epochs: [{epoch (from 1), step, valid_loss, valid_accuracy, ...}]}
   function renderMetrics(metrics) {
-    const perStep = (name) => (metrics[name] || []).filter((p) => p.epoch === undefined && p.step !== undefined)
-      .map((p) => [p.step, p.value]);
-    const perEpoch = (name, x) => (metrics[name] || []).filter((p) => p.epoch !== undefined)
-      .map((p) => [x === "step" && p.step !== undefined ? p.step : p.epoch + 1, p.value]);
+    const series = (points, x, y) => (points || []).filter((p) => p[x] !== undefined && p[y] !== undefined)
+      .map((p) => [p[x], p[y]]);
     drawChart(lossChart, [
-      { name: "train loss", cls: "train", points: perStep("train_loss") },
-      { name: "validation loss", cls: "val", points: perEpoch("val_loss", "step"), dots: true },
+      { name: "train loss", cls: "train", points: series(metrics.steps, "step", "train_loss") },
+      { name: "validation loss", cls: "val", points: series(metrics.epochs, "step", "valid_loss"), dots: true },
     ], { xLabel: "step", integerX: true, empty: "no training steps yet" });
     drawChart(accChart, [
-      { name: "validation accuracy", cls: "acc", points: perEpoch("val_accuracy", "epoch"), dots: true },
+      { name: "validation accuracy", cls: "acc", points: series(metrics.epochs, "epoch", "valid_accuracy"), dots: true },
     ], { xLabel: "epoch", yMin: 0, yMax: 1, integerX: true, empty: "no epoch finished yet" });
   }
 

@@ -42,20 +42,64 @@ class TestCheckpoints:
 
 
 class TestMetrics:
-    def test_series_from_metric_events(
+    def test_step_and_epoch_curves_from_metric_events(
+        self, client: TestClient, auth: Auth, job_id: str, db: Session
+    ) -> None:
+        add_events(
+            db, job_id,
+            ("metrics", {"step": 1, "epoch": 1, "train_loss": 0.9, "train_accuracy": 0.5, "lr": 0.001}),
+            ("message", {"train_loss": 123.0}),
+            ("metrics", {"step": 2, "epoch": 1, "train_loss": 0.7, "lr": 0.002}),
+            ("metrics", {"epoch": 1, "step": 2, "train_loss": 0.8, "valid_loss": 0.6, "valid_accuracy": 0.8}),
+        )  # fmt: skip
+
+        metrics = client.get(f"/v1/fine_tuning/jobs/{job_id}/metrics", headers=auth).json()
+
+        assert metrics["object"] == "fine_tuning.job.metrics"
+        assert metrics["steps"] == [
+            {"step": 1, "epoch": 1, "train_loss": 0.9, "train_accuracy": 0.5, "lr": 0.001},
+            {"step": 2, "epoch": 1, "train_loss": 0.7, "lr": 0.002},
+        ]
+        assert metrics["epochs"] == [
+            {"epoch": 1, "step": 2, "train_loss": 0.8, "valid_loss": 0.6, "valid_accuracy": 0.8}
+        ]
+
+    def test_a_resumed_run_replaces_the_steps_it_trained_again(
+        self, client: TestClient, auth: Auth, job_id: str, db: Session
+    ) -> None:
+        # The first attempt reached step 3 and checkpointed at 2; the second trained step 3 again.
+        add_events(
+            db, job_id,
+            ("metrics", {"step": 1, "epoch": 1, "train_loss": 0.9}),
+            ("metrics", {"step": 2, "epoch": 1, "train_loss": 0.8}),
+            ("metrics", {"step": 3, "epoch": 2, "train_loss": 0.75}),
+            ("metrics", {"epoch": 1, "step": 2, "valid_loss": 0.7, "valid_accuracy": 0.6}),
+            ("metrics", {"step": 3, "epoch": 2, "train_loss": 0.7}),
+            ("metrics", {"step": 4, "epoch": 2, "train_loss": 0.6}),
+        )  # fmt: skip
+
+        metrics = client.get(f"/v1/fine_tuning/jobs/{job_id}/metrics", headers=auth).json()
+
+        assert [(p["step"], p["train_loss"]) for p in metrics["steps"]] == [
+            (1, 0.9),
+            (2, 0.8),
+            (3, 0.7),
+            (4, 0.6),
+        ]
+        assert [p["epoch"] for p in metrics["epochs"]] == [1]
+
+    def test_events_of_earlier_versions_keep_their_curves(
         self, client: TestClient, auth: Auth, job_id: str, db: Session
     ) -> None:
         add_events(
             db, job_id,
             ("metrics", {"step": 1, "train_loss": 0.9, "lr": 0.001}),
-            ("message", {"train_loss": 123.0}),
-            ("metrics", {"step": 2, "train_loss": 0.7, "lr": 0.002}),
-            ("metrics", {"epoch": 1, "val_accuracy": 0.8, "val_loss": 0.6}),
+            ("metrics", {"epoch": 1, "step": 1, "train_loss": 0.9, "val_loss": 0.6, "val_accuracy": 0.8}),
         )  # fmt: skip
 
         metrics = client.get(f"/v1/fine_tuning/jobs/{job_id}/metrics", headers=auth).json()
 
-        assert metrics["train_loss"] == [{"step": 1, "value": 0.9}, {"step": 2, "value": 0.7}]
-        assert metrics["lr"] == [{"step": 1, "value": 0.001}, {"step": 2, "value": 0.002}]
-        assert metrics["val_accuracy"] == [{"epoch": 1, "value": 0.8}]
-        assert metrics["val_loss"] == [{"epoch": 1, "value": 0.6}]
+        assert metrics["steps"] == [{"step": 1, "train_loss": 0.9, "lr": 0.001}]
+        assert metrics["epochs"] == [
+            {"epoch": 1, "step": 1, "train_loss": 0.9, "valid_loss": 0.6, "valid_accuracy": 0.8}
+        ]
