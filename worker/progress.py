@@ -23,10 +23,11 @@ from domain.jobs.states import JobStatus
 from domain.settings import Settings
 from grft_core.errors import TrainingInterrupted
 from grft_core.method.checkpoint import PREFIX, list_checkpoints
+from grft_core.method.divergence import Divergence
 from grft_core.method.selection import Selection
-from grft_core.method.trainer import EpochMetrics, StepInfo
-from worker.metrics import METRICS
+from grft_core.method.trainer import AUTOTUNE_FILE, EpochMetrics, PhaseProgress, StepInfo
 from worker import tracking
+from worker.metrics import METRICS
 from worker.transient import retrying
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,16 @@ CANCEL_POLL_S = 1.0
 PROGRESS_INTERVAL_S = 1.0
 # Per-step metrics events per run, at most: a loss curve of this many points is smooth enough.
 MAX_STEP_EVENTS = 500
+# Validation's stages: fetch the files, read them, check them against the model.
+VALIDATION_STAGES = 3
+# What each phase is called in the job's events when it starts (evaluations come every epoch: no event).
+PHASE_MESSAGES = {
+    "validating": "Validating the training data",
+    "preparing": "Loading the data and the base model",
+    "selecting": "Selecting the rows to train (gradient pass)",
+    "tuning": "Choosing the auto hyperparameters (short trial runs)",
+    "training": "Training",
+}
 # Checkpoint files live far longer than a run; there is no reason to cap them below the store's limits.
 _NO_LIMIT = 1 << 50
 
@@ -95,23 +106,18 @@ class CancelCheck:
         return False
 
 
-class JobReporter:
-    """Receives ``grft_core.method.trainer.fit`` callbacks for one job attempt."""
+class ProgressWriter:
+    """Writes a job's ``progress`` (phase, done, total, eta_seconds) under its lease, at most once per
+    ``PROGRESS_INTERVAL_S`` within a phase; a new phase is written at once, with an event the first time."""
 
-    def __init__(self, settings: Settings, lease: Lease, store: ArtifactStore, heartbeat: Any) -> None:
+    def __init__(self, settings: Settings, lease: Lease, heartbeat: Any) -> None:
         self.url = settings.database_url
         # A write waits this long for a database that went away (worker.transient) before it fails.
         self.patience = settings.lease_seconds
-        self.lease, self.store, self.heartbeat = lease, store, heartbeat
+        self.lease, self.heartbeat = lease, heartbeat
         self.last_write = -math.inf
-        self.first: tuple[float, int] | None = None
-        self.last_step: StepInfo | None = None
-        self.last_epoch: EpochMetrics | None = None
-        self.prerequisites_uploaded = False
-        # The job's experiment trackers (W&B, MLflow): they never stop the job (worker.tracking).
-        self.tracking = tracking.for_attempt(settings, lease)
-
-    # -- helpers -------------------------------------------------------------------------------------
+        self.phase: str | None = None
+        self.announced: set[str] = set()
 
     def _check(self) -> None:
         if self.heartbeat.lost.is_set():
@@ -133,6 +139,62 @@ class JobReporter:
             self.heartbeat.cancel.set()
             raise TrainingInterrupted("a cancel was requested")
 
+    def report(
+        self,
+        phase: str,
+        done: int,
+        total: int,
+        eta_s: float | None,
+        event: dict[str, Any] | None = None,
+        force: bool = False,
+        **columns: Any,
+    ) -> None:
+        """Record where ``phase`` is; written when the phase changes, the phase ends, an event rides
+        along, ``force`` is set, or ``PROGRESS_INTERVAL_S`` has passed."""
+        self._check()
+        changed = phase != self.phase
+        self.phase = phase
+        if changed and phase not in self.announced and phase in PHASE_MESSAGES:
+            self.announced.add(phase)
+            announce = {"message": PHASE_MESSAGES[phase], "type": "phase", "data": {"phase": phase}}
+            if event is None:
+                event = announce
+            else:  # once per phase: its own row, before the event that came with it
+                self._write(announce)
+        now = time.monotonic()
+        ended = total > 0 and done >= total
+        due = now - self.last_write >= PROGRESS_INTERVAL_S
+        if not (changed or ended or force or event is not None or due):
+            return
+        progress = {"phase": phase, "done": done, "total": total or None, "eta_seconds": eta_s}
+        self._write(event, progress=events.clean_json(progress), **columns)
+
+    def validating(self, done: int) -> None:
+        """Validation has passed ``done`` of its ``VALIDATION_STAGES`` (fetch, read, check).
+
+        A cancel ends a validating job at once, so the lease is gone: that stops the work like a cancel.
+        """
+        try:
+            # Four writes in all: each stage is worth a row.
+            self.report("validating", done, VALIDATION_STAGES, None, force=True)
+        except LeaseLost:
+            self.heartbeat.lost.set()
+            raise TrainingInterrupted("the job was cancelled during validation") from None
+
+
+class JobReporter(ProgressWriter):
+    """Receives ``grft_core.method.trainer.fit`` callbacks for one job attempt."""
+
+    def __init__(self, settings: Settings, lease: Lease, store: ArtifactStore, heartbeat: Any) -> None:
+        super().__init__(settings, lease, heartbeat)
+        self.store = store
+        self.first: tuple[float, int] | None = None
+        self.last_step: StepInfo | None = None
+        self.last_epoch: EpochMetrics | None = None
+        self.prerequisites_uploaded = False
+        # The job's experiment trackers (W&B, MLflow): they never stop the job (worker.tracking).
+        self.tracking = tracking.for_attempt(settings, lease)
+
     def _remaining(self, info: StepInfo, now: float) -> float:
         if self.first is None or info.step <= self.first[1]:
             return info.eta_s
@@ -148,6 +210,13 @@ class JobReporter:
             step = _step_of(found[-1])
             self._write({"message": f"Resuming from the checkpoint at step {step}", "data": {"step": step}})
 
+    def preparing(self) -> None:
+        """The attempt is fetching and loading its data and model (no unit count is known)."""
+        self.report("preparing", 0, 0, None)
+
+    def on_progress(self, progress: PhaseProgress) -> None:
+        self.report(progress.phase, progress.done, progress.total, progress.eta_s)
+
     def on_selection(self, selection: Selection) -> None:
         self._check()
         modules = {row["module"]: row["k"] for row in selection.summary()}
@@ -158,6 +227,28 @@ class JobReporter:
                 "data": {"axis": selection.axis, "selected": selection.num_selected, "modules": modules},
             }
         )
+
+    def on_autotune(self, record: dict[str, Any]) -> None:
+        """One event per chosen hyperparameter: its value and why; the learning rate's lists every trial."""
+        self._check()
+        names = {"lr": "learning_rate", "epochs": "n_epochs", "batch_size": "batch_size"}
+        for name, value in record["chosen"].items():
+            data: dict[str, Any] = {
+                "name": names[name],
+                "value": value,
+                "reason": record["reasons"].get(name),
+            }
+            if name == "lr":
+                data.update(
+                    trials=record["trials"],
+                    budget_steps=record["budget_steps"],
+                    used_steps=record["used_steps"],
+                )
+                tried = ", ".join(f"{t['lr']:g}" for t in record["trials"] if t["rung"] == 1)
+                message = f"auto learning_rate={value:g}: tried {tried}; {record['reasons'].get(name)}"
+            else:
+                message = f"auto {names[name]}={value}: {record['reasons'].get(name)}"
+            self._write({"message": message, "type": "autotune", "data": data})
 
     def on_step(self, info: StepInfo) -> None:
         self._check()
@@ -171,38 +262,62 @@ class JobReporter:
         last = info.step == info.total_steps
         event = None
         if info.step % every == 0 or last:
+            data: dict[str, Any] = {"step": info.step, "epoch": info.epoch, "train_loss": info.loss}
+            if info.accuracy is not None:
+                data["train_accuracy"] = info.accuracy
+            data["lr"] = info.lr
             event = {
                 "message": f"Step {info.step}/{info.total_steps}: training loss={info.loss:.4f}",
                 "type": "metrics",
-                "data": {"step": info.step, "train_loss": info.loss, "lr": info.lr},
+                "data": data,
             }
-        if event is not None or last or now - self.last_write >= PROGRESS_INTERVAL_S:
-            self._write(
-                event,
-                steps_completed=info.step,
-                total_steps=info.total_steps,
-                seconds_remaining=self._remaining(info, now),
-            )
+        remaining = self._remaining(info, now)
+        self.report(
+            "training",
+            info.step,
+            info.total_steps,
+            remaining,
+            event,
+            steps_completed=info.step,
+            total_steps=info.total_steps,
+            seconds_remaining=remaining,
+        )
 
     def on_epoch(self, metrics: EpochMetrics) -> None:
         self._check()
         self.last_epoch = metrics
         self.tracking.on_epoch(metrics)
-        step = self.last_step.step if self.last_step else None
+        data: dict[str, Any] = {
+            "epoch": metrics.epoch,
+            "step": metrics.step,
+            "train_loss": metrics.train_loss,
+        }
+        if metrics.train_accuracy is not None:
+            data["train_accuracy"] = metrics.train_accuracy
+        data.update(valid_loss=metrics.val_loss, valid_accuracy=metrics.val_accuracy)
         self._write(
             {
                 "message": (
-                    f"Epoch {metrics.epoch + 1}: train loss={metrics.train_loss:.4f}, "
-                    f"val loss={metrics.val_loss:.4f}, val accuracy={metrics.val_accuracy:.4f}"
+                    f"Epoch {metrics.epoch}: train loss={metrics.train_loss:.4f}, "
+                    f"valid loss={metrics.val_loss:.4f}, valid accuracy={metrics.val_accuracy:.4f}"
                 ),
                 "type": "metrics",
-                "data": {
-                    "epoch": metrics.epoch,
-                    "train_loss": metrics.train_loss,
-                    "val_loss": metrics.val_loss,
-                    "val_accuracy": metrics.val_accuracy,
-                    "step": step,
-                },
+                "data": data,
+            }
+        )
+
+    def on_divergence(self, divergence: Divergence) -> None:
+        self._check()
+        self._write(
+            {
+                "message": (
+                    f"Training diverged at step {divergence.step} ({divergence.reason}): rolled back to step "
+                    f"{divergence.restored_step} with the learning rate halved "
+                    f"(x{divergence.lr_scale:g}; retry {divergence.retry} of {divergence.max_retries})"
+                ),
+                "type": "divergence",
+                "level": "warning",
+                "data": dict(divergence.__dict__),
             }
         )
 
@@ -213,10 +328,10 @@ class JobReporter:
             # Before any step folder: a complete step in the store implies the selection it needs.
             if (path.parent / "selection").is_dir():
                 self.store.put_folder(f"{root}/selection", path.parent / "selection")
-            head_init = path.parent / "head_init.safetensors"
-            if head_init.is_file():
-                with head_init.open("rb") as source:
-                    self.store.put_file(f"{root}/{head_init.name}", source, _NO_LIMIT)
+            for name in ("head_init.safetensors", AUTOTUNE_FILE):
+                if (path.parent / name).is_file():
+                    with (path.parent / name).open("rb") as source:
+                        self.store.put_file(f"{root}/{name}", source, _NO_LIMIT)
             self.prerequisites_uploaded = True
         uri = self.store.put_folder(f"{root}/{path.name}", path)
         keep = [p.name for p in list_checkpoints(path.parent)]
@@ -228,6 +343,8 @@ class JobReporter:
         metrics: dict[str, Any] = {"step": step}
         if self.last_step is not None:
             metrics["train_loss"] = self.last_step.loss
+            if self.last_step.accuracy is not None:
+                metrics["train_accuracy"] = self.last_step.accuracy
         if self.last_epoch is not None:
             metrics.update(
                 epoch=self.last_epoch.epoch,

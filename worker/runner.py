@@ -30,12 +30,14 @@ from domain.settings import Settings
 from grft_core.adapters.format import load_adapter
 from grft_core.data.loading import load_train_val
 from grft_core.errors import DatasetRejected, GrftError, TrainingInterrupted
+from grft_core.lm_pipeline import validate_lm_files
 from grft_core.method.config import GRFTConfig
+from grft_core.models.causal import CAUSAL_LM
 from grft_core.models.registry import ModelRegistry
 from grft_core.pipeline import train_to_folder
 from worker.datasets import data_limits, data_uris, tenant_names
 from worker.errors import PublicError, public_error
-from worker.progress import CancelCheck, JobReporter, PauseRequested
+from worker.progress import CancelCheck, JobReporter, PauseRequested, ProgressWriter
 from worker.transient import is_transient, retrying, wait_for_database
 
 log = logging.getLogger(__name__)
@@ -95,38 +97,50 @@ def validate_job(settings: Settings, job_id: str, publish: Publish) -> str:
     heartbeat.start()
     # A cancel during validation ends the job at once; the check notices its lease is gone and stops.
     should_stop = CancelCheck(settings, lease, heartbeat)
+    progress = ProgressWriter(settings, lease, heartbeat)
     work = _work_dir(settings, lease, "validate")
     names = tenant_names(job)
     try:
         _fresh(work, job_id)
         config = _config(settings, job)
         spec = ModelRegistry(settings.model_dir).get(job.model)
+        progress.validating(0)
         train_uri, val_uri = data_uris(settings, job, work, should_stop)
         names = tenant_names(job, train_uri, val_uri)
-        train, val = load_train_val(
-            train_uri,
-            val_uri,
-            val_fraction=config.val_fraction,
-            seed=config.seed,
-            limits=data_limits(settings),
-            should_stop=should_stop,
-        )
-        if spec.modality != train.modality:
-            raise DatasetRejected(
-                f"model {spec.name!r} takes {spec.modality} inputs but training_file holds {train.modality}",
-                param="training_file",
+        progress.validating(1)
+        if spec.kind == CAUSAL_LM:
+            # Chat or prompt/completion JSONL: every line, and the chat template's split into turns.
+            summary = validate_lm_files(
+                spec, train_uri, val_uri, config, limits=data_limits(settings), should_stop=should_stop
             )
-        summary = {
-            "train_examples": len(train),
-            "validation_examples": len(val),
-            "classes": train.classes,
-            "modality": train.modality,
-        }
-        # Counted once here, where the data is read anyway: the job's trained_tokens at success.
-        tokens = results.tokens_per_epoch(spec, train.items, config.max_length, should_stop)
-        if tokens is not None:
-            summary["train_tokens_per_epoch"] = tokens
-        del train, val
+        else:
+            train, val = load_train_val(
+                train_uri,
+                val_uri,
+                val_fraction=config.val_fraction,
+                seed=config.seed,
+                limits=data_limits(settings),
+                should_stop=should_stop,
+            )
+            progress.validating(2)
+            if spec.modality != train.modality:
+                raise DatasetRejected(
+                    f"model {spec.name!r} takes {spec.modality} inputs "
+                    f"but training_file holds {train.modality}",
+                    param="training_file",
+                )
+            summary = {
+                "train_examples": len(train),
+                "validation_examples": len(val),
+                "classes": train.classes,
+                "modality": train.modality,
+            }
+            # Counted once here, where the data is read anyway: the job's trained_tokens at success.
+            tokens = results.tokens_per_epoch(spec, train.items, config.max_length, should_stop)
+            if tokens is not None:
+                summary["train_tokens_per_epoch"] = tokens
+            del train, val
+        progress.validating(3)
     except TrainingInterrupted as exc:
         heartbeat.stop()
         if heartbeat.lost.is_set():
@@ -336,9 +350,10 @@ def _attempt(settings: Settings, job: JobSpec, lease: Lease, heartbeat: Heartbea
         store.get_folder(checkpoints_key(job.id), checkpoints)
     config = _config(settings, job)
     should_stop = CancelCheck(settings, lease, heartbeat)
-    train_uri, val_uri = data_uris(settings, job, work / "data", should_stop)
     reporter = JobReporter(settings, lease, store, heartbeat)
     reporter.announce_resume(checkpoints)
+    reporter.preparing()
+    train_uri, val_uri = data_uris(settings, job, work / "data", should_stop)
     out = work / "adapter"
     registry = ModelRegistry(settings.model_dir)
     parent = _parent(settings, job, store, registry, work, checkpoints) if job.init_from else None
