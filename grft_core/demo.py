@@ -27,7 +27,7 @@ class _Lines:
 
     def on_epoch(self, m: object) -> None:
         print(
-            f"  epoch {getattr(m, 'epoch', 0) + 1}: train loss {getattr(m, 'train_loss', 0.0):.3f}, "
+            f"  epoch {getattr(m, 'epoch', 0)}: train loss {getattr(m, 'train_loss', 0.0):.3f}, "
             f"val accuracy {getattr(m, 'val_accuracy', 0.0):.3f} ({getattr(m, 'seconds', 0.0):.0f}s)",
             flush=True,
         )
