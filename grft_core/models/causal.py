@@ -64,11 +64,11 @@ def causal_lm_state(model: nn.Module) -> dict[str, Tensor]:
         ``lm_head.weight`` the same way), GRFT deltas left out.
     """
     state: dict[str, Tensor] = {}
-    seen: set[tuple[int, int]] = set()
+    seen: set[tuple[int, int, tuple[int, ...]]] = set()
     for key, value in model.state_dict().items():
         if ".grft_" in key or "lora_" in key:
             continue
-        identity = (value.untyped_storage().data_ptr(), value.storage_offset())
+        identity = (value.untyped_storage().data_ptr(), value.storage_offset(), tuple(value.shape))
         if identity in seen:
             continue
         seen.add(identity)

@@ -81,8 +81,8 @@ def write_jsonl(path: Path, rows: list[Any]) -> Path:
 
 
 def chitchat_rows(count: int, *, max_turns: int = 6) -> list[dict[str, Any]]:
-    """The first ``count`` chitchat-dataset conversations in chat format: the two speakers' turns
-    become user and assistant messages (the file is read, the package never imported)."""
+    """The first ``count`` chitchat-dataset conversations with a reply, in chat format: the two
+    speakers' turns become user and assistant messages (the file is read, the package never imported)."""
     import importlib.util
 
     spec = importlib.util.find_spec("chitchat_dataset")
@@ -90,9 +90,13 @@ def chitchat_rows(count: int, *, max_turns: int = 6) -> list[dict[str, Any]]:
     assert spec.submodule_search_locations
     folder = Path(next(iter(spec.submodule_search_locations)))
     conversations = json.loads((folder / "dataset.json").read_text(encoding="utf-8"))
-    rows = []
-    for key in sorted(conversations)[:count]:
+    rows: list[dict[str, Any]] = []
+    for key in sorted(conversations):
         turns = conversations[key]["messages"][:max_turns]
+        if len(turns) < 2:  # a greeting nobody answered: nothing for the assistant to learn
+            continue
+        if len(rows) == count:
+            break
         messages = [
             {"role": "user" if i % 2 == 0 else "assistant", "content": " ".join(u["text"] for u in turn)}
             for i, turn in enumerate(turns)

@@ -179,3 +179,29 @@ def test_model_count_is_the_whole_model(lm: tuple[Any, Any]) -> None:
     view, _ = lm
     assert isinstance(view.get_output_embeddings(), nn.Linear)
     assert sum(p.numel() for p in view.parameters()) == sum(p.numel() for p in view.lm.parameters())
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(registry: ModelRegistry, tiny_lm: str) -> None:
+    """What a CUDA run turns on (non-reentrant checkpointing) through GRFT's layers: same loss, same
+    delta gradients. Run on the CPU here: checkpointing itself does not need a GPU."""
+    from grft_core.method.causal_lm import enable_memory_savers
+    from grft_core.method.model import apply_grft, grft_layers
+
+    grads = []
+    for checkpointing in (False, True):
+        model, tokenizer, _ = registry.load_causal_lm(tiny_lm)
+        view = CausalLMForTraining(model)
+        assert not enable_memory_savers(view, torch.device("cpu"))
+        if checkpointing:
+            assert enable_memory_savers(view, torch.device("cuda"))
+            assert all(layer.gradient_checkpointing for layer in model.model.layers)
+        rows = {name: torch.tensor([0, 3]) for name in DECODER_LINEARS}
+        apply_grft(view, rows, "rows")
+        for layer in grft_layers(view).values():
+            torch.nn.init.normal_(layer.grft_delta, std=0.01, generator=torch.Generator().manual_seed(0))
+        view.train()
+        inputs, labels = source(tokenizer, 4).batch(torch.arange(4))
+        torch.nn.functional.cross_entropy(view(inputs), labels).backward()
+        grads.append({n: layer.grft_delta.grad.clone() for n, layer in grft_layers(view).items()})
+    for name, grad in grads[0].items():
+        torch.testing.assert_close(grads[1][name], grad)
