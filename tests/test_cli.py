@@ -191,9 +191,8 @@ class TestModels:
         from grft_core.models.registry import ModelRegistry
 
         try:
-            code, stdout, err = call(
-                capsys, "local", "models", "add", "my-resnet", "--timm", "resnet10t", "--weights", str(weights)
-            )
+            args = ["local", "models", "add", "my-resnet", "--timm", "resnet10t", "--weights", str(weights)]
+            code, stdout, err = call(capsys, *args)
             assert code == 0, err
             assert "registered my-resnet" in stdout
             code, stdout, _ = call(capsys, "local", "models", "list", "--json")
