@@ -78,14 +78,19 @@ def _base(spec: ModelSpec) -> Model:
     )
 
 
-def _fine_tuned(model_id: str, tenant: Tenant, job: Job | None, adapter: Adapter) -> Model:
+def _fine_tuned(
+    model_id: str, tenant: Tenant, job: Job | None, adapter: Adapter, base: Model | None
+) -> Model:
+    """A fine-tuned model; what it is made of (family, modality, size) is its base's."""
     config = adapter.config or {}
     modality, fingerprint = config.get("modality"), config.get("base_fingerprint")
     return Model(
         id=model_id,
         created=unix(adapter.created_at),
         owned_by=tenant.id,
-        modality=modality if modality in ("image", "text") else None,
+        family=base.family if base is not None else None,
+        modality=modality if modality in ("image", "text") else (base.modality if base else None),
+        num_params=base.num_params if base is not None else None,
         fingerprint=fingerprint if isinstance(fingerprint, str) else None,
         parent=adapter.base_model,
         adapter_id=adapter.id,
@@ -98,8 +103,9 @@ def list_models(session: SessionDep, tenant: TenantDep, settings: SettingsDep) -
     """The registry's base models (built-ins are written into the model store on first listing), then
     the organization's fine-tuned models, newest first."""
     bases = [_base(spec) for spec in ModelRegistry(settings.model_dir).list()]
+    by_name = {base.id: base for base in bases}
     tuned = [
-        _fine_tuned(model_ids.fine_tuned_model_id(job), tenant, job, adapter)
+        _fine_tuned(model_ids.fine_tuned_model_id(job), tenant, job, adapter, by_name.get(adapter.base_model))
         for job, adapter in model_ids.fine_tuned_models(session, tenant.id)
     ]
     return ModelList(data=bases + tuned)
@@ -116,7 +122,11 @@ def retrieve_model(model_id: ModelId, session: SessionDep, tenant: TenantDep, se
     if resolved is None or resolved.adapter is None:
         raise ModelNotFound(f"no model {model_id!r}", param="model")
     shown = model_ids.fine_tuned_model_id(resolved.job) if resolved.job is not None else resolved.adapter.id
-    return _fine_tuned(shown, tenant, resolved.job, resolved.adapter)
+    try:
+        base: Model | None = _base(ModelRegistry(settings.model_dir).get(resolved.adapter.base_model))
+    except ModelNotFound:  # the base was removed from the registry: the model is still listed
+        base = None
+    return _fine_tuned(shown, tenant, resolved.job, resolved.adapter, base)
 
 
 @router.delete(

@@ -18,12 +18,12 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from domain.artifacts import ArtifactStore, checkpoints_key
 from domain.errors import BadRequest, NotFound
-from domain.jobs.models import Job, JobCheckpoint, JobEvent
+from domain.jobs.models import Job, JobCheckpoint
+from domain.jobs.results import validation_summary
 from grft_core.adapters.format import CONFIG_NAME, save_adapter
 from grft_core.data.preprocess import make_preprocessor
 from grft_core.method.checkpoint import PREFIX
@@ -48,11 +48,8 @@ def adapter_key(job_id: str, step: int) -> str:
 
 def labels_of(session: Session, job_id: str) -> list[str] | None:
     """The job's class names, as its file validation recorded them (None before validation)."""
-    stmt = select(JobEvent.data).where(JobEvent.job_id == job_id).order_by(JobEvent.seq.desc())
-    for data in session.scalars(stmt):
-        if isinstance(data, dict) and isinstance(data.get("classes"), list):
-            return [str(c) for c in data["classes"]]
-    return None
+    classes = validation_summary(session, job_id).get("classes")
+    return [str(c) for c in classes] if isinstance(classes, list) else None
 
 
 def checkpoint_adapter(
@@ -72,6 +69,12 @@ def checkpoint_adapter(
     if method != "grft":
         raise BadRequest(
             f"only GRFT checkpoints can be used as models; job {job.id} trains with {method!r}",
+            param="model",
+        )
+    if registry.get(job.model).kind != "classifier":
+        raise BadRequest(
+            f"checkpoints of language-model jobs are not made into adapters yet; use job {job.id}'s "
+            "fine-tuned model once it succeeds",
             param="model",
         )
     labels = labels_of(session, job.id)
