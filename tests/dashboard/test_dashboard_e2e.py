@@ -68,6 +68,7 @@ def server(tmp_path: Path, model_store: Path) -> Iterator[Server]:
         GRFT_MODEL_DIR=str(model_store),
         GRFT_QUEUE=f"dashboard-{uuid.uuid4().hex[:8]}",
         GRFT_TORCH_THREADS="1",
+        GRFT_WEBHOOK_ALLOW_HOSTS='["127.0.0.1"]',  # the test's webhook receiver
         OMP_NUM_THREADS="1",
         MKL_NUM_THREADS="1",
     )
@@ -126,6 +127,49 @@ def browser() -> Iterator[Any]:
             browser.close()
 
 
+@pytest.fixture
+def webhook_receiver() -> Iterator[tuple[str, list[tuple[dict[str, str], bytes]]]]:
+    """A real HTTP server on 127.0.0.1 that answers 200 and keeps each request's headers and body."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    received: list[tuple[dict[str, str], bytes]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("content-length", "0")))
+            received.append(({k.lower(): v for k, v in self.headers.items()}, body))
+            self.send_response(200)
+            self.send_header("content-length", "2")
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the base's name
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/hooks", received
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+def _signed(secret: str, headers: dict[str, str], body: bytes) -> bool:
+    """The Standard Webhooks signature, checked from its definition."""
+    import base64
+    import hashlib
+    import hmac
+
+    key = base64.b64decode(secret.removeprefix("whsec_"))
+    signed = f"{headers['webhook-id']}.{headers['webhook-timestamp']}.".encode() + body
+    expected = "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
+    return hmac.compare_digest(expected, headers["webhook-signature"])
+
+
 def _shoot(page: Any, folder: Path, name: str) -> None:
     path = folder / f"{name}.png"
     page.wait_for_timeout(400)  # let bar transitions settle
@@ -134,7 +178,9 @@ def _shoot(page: Any, folder: Path, name: str) -> None:
     assert path.stat().st_size > 0
 
 
-def test_dashboard_trains_downloads_and_predicts(server: Server, browser: Any, tmp_path: Path) -> None:
+def test_dashboard_trains_downloads_and_predicts(
+    server: Server, browser: Any, tmp_path: Path, webhook_receiver: tuple[str, list[Any]]
+) -> None:
     shots = tmp_path / "screenshots"
     shots.mkdir()
     print(f"dashboard screenshots: {shots}")  # noqa: T201 (where to look, with pytest -s)
@@ -247,6 +293,24 @@ def test_dashboard_trains_downloads_and_predicts(server: Server, browser: Any, t
     assert 1 <= rows.count() <= 5
     assert rows.first.locator(".label").inner_text() in {str(d) for d in range(10)}
     _shoot(page, shots, "adapters")
+
+    # Webhooks: add an endpoint (its secret shown once), send a test event, see it delivered and signed.
+    hook_url, received = webhook_receiver
+    page.click("nav a[data-nav=webhooks]")
+    page.fill("#webhook-url", hook_url)
+    page.click("#create-webhook")
+    secret = page.locator("#webhook-secret-value")
+    expect(secret).to_contain_text("whsec_")
+    secret_text = secret.inner_text()
+    row = page.wait_for_selector("#webhooks-table tbody tr[data-id]")
+    row.query_selector("button[data-action=test]").click()  # type: ignore[union-attr]
+    page.wait_for_url(re.compile(r".*#/webhooks/wh-[^/]+$"))
+    page.wait_for_selector("#deliveries-table tr[data-status=delivered]", timeout=120_000)
+    assert page.inner_text("#deliveries-table tr[data-status=delivered] td[data-label=HTTP]") == "200"
+    [(headers, body)] = received
+    assert _signed(secret_text, headers, body)
+    assert b'"type":"webhook.test"' in body
+    _shoot(page, shots, "webhooks")
 
     # A phone-sized screen: the job page stacks into one column.
     page.set_viewport_size({"width": 390, "height": 844})

@@ -306,7 +306,8 @@ function route() {
     link.classList.toggle("active", link.dataset.nav === (section || "jobs"));
   }
   const views = { jobs: id ? (page) => jobView(page, decodeURIComponent(id)) : jobsView, new: newJobView,
-    adapters: (page) => adaptersView(page, id ? decodeURIComponent(id) : null), files: filesView };
+    adapters: (page) => adaptersView(page, id ? decodeURIComponent(id) : null), files: filesView,
+    webhooks: (page) => webhooksView(page, id ? decodeURIComponent(id) : null) };
   const view = views[section] || jobsView;
   // A fresh container per visit: a slow view that finishes after the user moved on fills a detached one.
   const page = h("div", { class: "page", id: `page-${section || "jobs"}` });
@@ -777,6 +778,104 @@ async function filesView(main) {
   main.append(h("div", { class: "page-head" }, h("h1", {}, "Files")), form,
     h("div", { class: "card flush" }, h("table", { id: "files-table", class: "table" },
       h("thead", {}, h("tr", {}, ["File", "Name", "Size", "Purpose", "Created"].map((c) => h("th", {}, c)))), body)));
+  await refresh();
+}
+
+// -- webhooks ------------------------------------------------------------------------------------
+
+const WEBHOOK_EVENTS = ["fine_tuning.job.succeeded", "fine_tuning.job.failed", "fine_tuning.job.cancelled"];
+
+/** The endpoints (create, test, delete), or with an id one endpoint's delivery log. */
+async function webhooksView(main, selected) {
+  if (selected) return webhookView(main, selected);
+  const body = h("tbody");
+  const url = h("input", { type: "url", id: "webhook-url", required: true, placeholder: "https://example.com/hooks/grft" });
+  const boxes = WEBHOOK_EVENTS.map((name) => h("input", { type: "checkbox", value: name, checked: true,
+    "data-event": name }));
+  const button = h("button", { type: "submit", id: "create-webhook" }, "Add endpoint");
+  const secret = h("div", { id: "webhook-secret", class: "card secret", hidden: true });
+  const form = h("form", { id: "webhook-form", class: "card stack" },
+    h("label", {}, "Endpoint URL", url),
+    h("fieldset", { class: "events" }, h("legend", {}, "Events"),
+      boxes.map((box) => h("label", { class: "check" }, box, box.value))),
+    h("div", {}, button));
+  async function refresh() {
+    const hooks = (await getJson("/v1/webhooks?limit=100")).data;
+    body.replaceChildren(...hooks.map((w) => h("tr", { "data-id": w.id },
+      h("td", { "data-label": "Endpoint" }, h("a", { href: `#/webhooks/${encodeURIComponent(w.id)}` }, h("code", {}, w.id))),
+      h("td", { "data-label": "URL", class: "wrap" }, w.url),
+      h("td", { "data-label": "Events" }, w.events.map((e) => e.replace("fine_tuning.job.", "")).join(", ")),
+      h("td", { "data-label": "Enabled" }, w.enabled ? "yes" : "no"),
+      h("td", { "data-label": "Created" }, fmtTime(w.created_at)),
+      h("td", { "data-label": "" }, h("div", { class: "row-actions" },
+        h("button", { type: "button", class: "small-button", "data-action": "test", onclick: async () => {
+          try { await postJson(`/v1/webhooks/${encodeURIComponent(w.id)}/test`, {}); location.hash = `#/webhooks/${encodeURIComponent(w.id)}`; }
+          catch (error) { toast(error.message, "error"); }
+        } }, "Send test"),
+        h("button", { type: "button", class: "small-button ghost", "data-action": "delete", onclick: async () => {
+          try { await api(`/v1/webhooks/${encodeURIComponent(w.id)}`, { method: "DELETE" }); toast(`Deleted ${w.id}.`); await refresh(); }
+          catch (error) { toast(error.message, "error"); }
+        } }, "Delete"))))));
+    if (!hooks.length) body.append(h("tr", {}, h("td", { colspan: 6, class: "muted empty-row" }, "No webhook endpoints yet.")));
+  }
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const events = boxes.filter((box) => box.checked).map((box) => box.value);
+    button.disabled = true;
+    try {
+      const hook = await postJson("/v1/webhooks", { url: url.value.trim(), events });
+      // The secret is in this answer only: show it once, for the user to copy into the receiver.
+      secret.replaceChildren(h("strong", {}, "Signing secret of ", h("code", {}, hook.id)),
+        h("p", { class: "muted" }, "Copy it now: it is never shown again. Receivers verify the webhook-signature header with it."),
+        h("code", { id: "webhook-secret-value", class: "secret-value" }, hook.secret));
+      secret.hidden = false;
+      form.reset();
+      await refresh();
+    } catch (error) { toast(error.message, "error"); }
+    button.disabled = false;
+  });
+  main.append(h("div", { class: "page-head" }, h("h1", {}, "Webhooks")),
+    h("p", { class: "muted" }, "Signed POSTs (Standard Webhooks) when a job succeeds, fails or is cancelled."),
+    form, secret,
+    h("div", { class: "card flush" }, h("table", { id: "webhooks-table", class: "table" },
+      h("thead", {}, h("tr", {}, ["Endpoint", "URL", "Events", "Enabled", "Created", ""].map((c) => h("th", {}, c)))), body)));
+  await refresh();
+}
+
+async function webhookView(main, id) {
+  const path = `/v1/webhooks/${encodeURIComponent(id)}`;
+  const hook = await getJson(path);
+  const body = h("tbody");
+  let timer = null;
+  onLeave(() => clearTimeout(timer));
+  async function refresh() {
+    const list = (await getJson(`${path}/deliveries?limit=50`)).data;
+    body.replaceChildren(...list.map((d) => {
+      const last = d.attempt_log[d.attempt_log.length - 1];
+      return h("tr", { "data-id": d.id, "data-status": d.status },
+        h("td", { "data-label": "Event" }, d.event_type),
+        h("td", { "data-label": "Status" }, statusBadge(d.status)),
+        h("td", { "data-label": "Attempts" }, String(d.attempts)),
+        h("td", { "data-label": "HTTP" }, d.last_status_code === null ? "—" : String(d.last_status_code)),
+        h("td", { "data-label": "Error", class: "wrap" }, d.last_error || "—"),
+        h("td", { "data-label": "Answer", class: "wrap" }, last && last.response_body ? h("code", {}, last.response_body.slice(0, 120)) : "—"),
+        h("td", { "data-label": "Created" }, fmtTime(d.created_at)),
+        h("td", { "data-label": "Next try" }, d.next_attempt_at ? fmtTime(d.next_attempt_at) : "—"));
+    }));
+    if (!list.length) body.append(h("tr", {}, h("td", { colspan: 8, class: "muted empty-row" }, "No deliveries yet.")));
+    // Poll while something is on its way.
+    if (list.some((d) => d.status === "pending" || d.status === "sending")) timer = setTimeout(() => refresh().catch(() => {}), 1500);
+  }
+  const test = h("button", { type: "button", id: "webhook-test", onclick: async () => {
+    try { await postJson(`${path}/test`, {}); clearTimeout(timer); await refresh(); }
+    catch (error) { toast(error.message, "error"); }
+  } }, "Send test event");
+  main.append(h("div", { class: "page-head" }, h("h1", {}, "Webhook ", h("code", {}, hook.id)), test),
+    h("div", { class: "card" }, definitionList([["URL", hook.url], ["Events", hook.events.join(", ")],
+      ["Enabled", hook.enabled ? "yes" : "no"], ["Created", fmtTime(hook.created_at)]])),
+    h("h2", {}, "Deliveries"),
+    h("div", { class: "card flush" }, h("table", { id: "deliveries-table", class: "table" },
+      h("thead", {}, h("tr", {}, ["Event", "Status", "Attempts", "HTTP", "Error", "Answer", "Created", "Next try"].map((c) => h("th", {}, c)))), body)));
   await refresh();
 }
 
