@@ -11,6 +11,8 @@ autocast (as ``grft_core.method.trainer`` trains), budgeted to finish in under 8
 4. ``bench.finetune_check``: GRFT and GPS on digits through ``grft_core.pipeline``;
 5. ``bench.serving`` on MiniLM and ViT-S (bf16): 1/8/32 adapters per batch of 32 against the base model
    and PEFT's mixed-adapter batch, and the adapter cold load.
+6. ``bench.generation`` on SmolLM2-135M (bf16): chat generation, 1/8/32 GRFT adapters in a batch of 32
+   against transformers' ``generate`` on the base and PEFT's mixed-adapter ``generate``.
 
 ``--device cpu --tiny`` is the dry run a test runs: the same calls at smoke sizes, without the peak
 subprocesses. Each part writes its own JSON beside ``gpu_check.json`` (the summary) in ``--out``
@@ -29,7 +31,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from bench import finetune_check, selection_pass, serving, step_time
+from bench import finetune_check, generation, selection_pass, serving, step_time
 from bench.common import RESULTS, machine_info
 
 METHODS = "full,lora,masked_dense,grft"
@@ -64,6 +66,8 @@ def plan(device: str, tiny: bool, out: Path) -> list[tuple[str, Callable[..., An
             serving.main,
             [*common, "--models", "text" if tiny else "text,vit"] + ([] if tiny else ["--rounds", "5"]),
         ),
+        # Chat generation on SmolLM2 in bf16: 1/8/32 adapters per batch of 32 vs the base and PEFT.
+        ("generation", generation.main, common + ([] if tiny else ["--tokens", "64", "--rounds", "3"])),
     ]
 
 

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The GPU check: step time and peak CUDA memory (bf16) for ViT-B/16 and the LLaMA-3.2-1B shape at 2 and
-# 16 layers, the selection pass, and a short real fine-tune. Budget: under 8 minutes on one H100.
+# 16 layers, the selection pass, a short real fine-tune, serving many adapters, and chat generation on
+# SmolLM2-135M with 1/8/32 adapters per batch (--only generation for that part alone). Budget: under
+# 10 minutes on one H100.
 #
 #   bench/gpu_check.sh                      # on the GPU machine; JSON to $OUT, else bench/results/
 #   bench/gpu_check.sh --device cpu --tiny  # dry run (a test runs this)

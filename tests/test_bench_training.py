@@ -53,6 +53,7 @@ def test_gpu_check_dry_run_on_cpu(tmp_path: Path) -> None:
         "selection_pass",
         "finetune_check",
         "serving",
+        "generation",
     }
     for name, part in summary["parts"].items():
         assert part["ok"], name
@@ -62,3 +63,5 @@ def test_gpu_check_dry_run_on_cpu(tmp_path: Path) -> None:
     assert "grft/masked_dense" in step["models"]["llama"]["ratios"]
     serving = json.loads((tmp_path / "gpu_check_serving.json").read_text())
     assert serving["models"]["text"]["methods"]["grft_4"]["items_per_s"] > 0
+    generation = json.loads((tmp_path / "gpu_check_generation.json").read_text())
+    assert generation["methods"]["grft_32"]["tokens_per_s"] > 0

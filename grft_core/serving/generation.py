@@ -5,9 +5,9 @@
 batch item's own k rows, so requests for different adapters of one base (and for the base itself, slot
 0) share each forward. One thread owns the model and runs continuous batching:
 
-1. requests waiting are admitted up to ``max_batch`` running: each is prefilled alone (its prompt, its
-   adapter), its first token sampled, and its key/value cache joined to the running batch
-   (``grft_core.serving.generation_kv``);
+1. requests waiting are admitted up to ``max_batch`` running: their prompts are prefilled together
+   (one left-padded forward, each row under its adapter), their first tokens sampled, and their
+   key/value caches joined to the running batch (``grft_core.serving.generation_kv``);
 2. one decoding step runs every running request together: one new token each, each under its adapter;
 3. finished requests (end-of-sequence token, stop string, ``max_tokens``, context full, cancelled)
    leave the batch; the rest continue untouched.
@@ -340,8 +340,7 @@ class GenerationEngine:
                     with self._cond:
                         while self._waiting and len(self._running) + len(joining) < self.max_batch:
                             joining.append(self._waiting.popleft())
-                    for request in joining:
-                        self._prefill(request)
+                    self._prefill(joining)
                     self._drop_finished()
                     if self._running:
                         self._decode()
@@ -380,24 +379,37 @@ class GenerationEngine:
         logits: Tensor = out.logits[:, -1].float().cpu()
         return logits
 
-    def _prefill(self, request: _Request) -> None:
-        if request.handle.cancelled:
-            request.done = True
-            request.handle.fail(GenerationCancelled("cancelled"))
+    def _prefill(self, requests: list[_Request]) -> None:
+        """Run the prompts of the requests joining this step in one forward (left-padded), sample each
+        one's first token, and join their caches to the running batch."""
+        live = []
+        for request in requests:
+            if request.handle.cancelled:
+                request.done = True
+                request.handle.fail(GenerationCancelled("cancelled"))
+            else:
+                live.append(request)
+        if not live:
             return
-        n = len(request.prompt)
-        ids = torch.tensor([request.prompt], device=self.device)
-        mask = torch.ones(1, n, dtype=torch.long, device=self.device)
+        width = max(len(r.prompt) for r in live)
+        ids = torch.zeros(len(live), width, dtype=torch.long)
+        mask = torch.zeros(len(live), width, dtype=torch.long)
+        for row, request in enumerate(live):
+            ids[row, width - len(request.prompt) :] = torch.tensor(request.prompt)
+            mask[row, width - len(request.prompt) :] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        positions = (mask.cumsum(1) - 1).clamp(min=0)
         cache = DynamicCache(config=getattr(self.model, "config", None))
-        logits = self._forward(ids, mask, torch.arange(n, device=self.device)[None], cache, [request])
+        logits = self._forward(ids, mask, positions, cache, live)
         check_full_attention(cache)
-        joined = BatchKV(cache, mask, torch.tensor([n], device=self.device))
-        self._running.append(request)
+        joined = BatchKV(cache, mask, mask.sum(1))
+        self._running.extend(live)
         if self._batch is None:
             self._batch = joined
         else:
             self._batch.join(joined)
-        self._accept(request, logits[0])
+        for request, row in zip(live, logits, strict=True):
+            self._accept(request, row)
 
     def _decode(self) -> None:
         batch = self._batch

@@ -1,10 +1,11 @@
 """The running batch's key/value cache: requests join and leave between decoding steps.
 
 Every running request is one row of a transformers ``DynamicCache`` plus one row of an attention mask.
-Rows are left-padded to a common length: a request that joins is prefilled alone, then its cache is
-padded (or the batch's is) and concatenated along the batch axis; a request that leaves is dropped by
-row selection, and columns that have become padding in every row are cut off the front. Each row keeps
-its own position counter, so the padding changes no position id and the mask hides it from attention.
+Rows are left-padded to a common length: the requests that join at a step are prefilled together
+(left-padded), then their cache is padded (or the batch's is) and concatenated along the batch axis; a
+request that leaves is dropped by row selection, and columns that have become padding in every row are
+cut off the front. Each row keeps its own position counter, so the padding changes no position id and
+the mask hides it from attention.
 
 Only full-attention layers are supported (``DynamicLayer``): a sliding-window layer keeps a window
 whose left padding cannot be shifted this way.
