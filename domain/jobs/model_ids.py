@@ -5,9 +5,10 @@
   the job's id, so the id is unique and a pure function of the job: no column holds it.
 * One of its checkpoints: ``ft:<base>:<org>:<suffix>:<id>:ckpt-step-<N>``, also written
   ``<job id>:ckpt-step-<N>`` (the form our checkpoints showed first).
+* The adapter id (``adapter-…``) stays an alias of the fine-tuned model everywhere a model id is taken.
+
 ``Job.model`` always holds the base model: a job that continues from a fine-tuned model or checkpoint
 records that id in ``Job.init_from`` (and shows it as its ``model``), and its own id names the base.
-* The adapter id (``adapter-…``) stays an alias of the fine-tuned model everywhere a model id is taken.
 
 ``resolve`` reads an id back within one tenant: another tenant's model is as good as missing, and an id
 whose base, org or suffix do not match its job's is refused too, so only the exact id works.

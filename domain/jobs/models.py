@@ -58,7 +58,7 @@ class Job(Base):
     trained_tokens: Mapped[int | None] = mapped_column(BigInteger, default=None)
     # Ids of the files made at success (the results CSV), OpenAI's ``result_files``.
     result_files: Mapped[list[str] | None] = mapped_column(JSON, default=None)
-    # The fine-tuned model or checkpoint this job continues from (``domain.jobs.model_ids.Origin``).
+    # The fine-tuned model or checkpoint this job continues from (``domain.jobs.model_ids.origin``).
     init_from: Mapped[dict[str, Any] | None] = mapped_column(default=None)
     # Experiment trackers the worker reports to (``[{"type": "wandb", "wandb": {...}}]``, or mlflow).
     integrations: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, default=None)

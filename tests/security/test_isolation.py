@@ -32,7 +32,10 @@ PARAM = re.compile(r"{([^}:]+)(?::[^}]*)?}")
 
 # Path parameters that name no tenant object: the route is the same for everyone.
 SHARED = {
-    "model_id": "the base-model registry is global; every organization sees the same models",
+    "model_id": (
+        "base models are global (every organization sees the same); a fine-tuned model id is a tenant "
+        "object, refused to other tenants in tests/api/test_models.py"
+    ),
 }
 # Whole routes whose path parameters name no tenant data (exact paths, so a new route is never exempt).
 PUBLIC_PATHS = {
