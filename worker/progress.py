@@ -215,7 +215,13 @@ class JobReporter(ProgressWriter):
         self.report("preparing", 0, 0, None)
 
     def on_progress(self, progress: PhaseProgress) -> None:
-        self.report(progress.phase, progress.done, progress.total, progress.eta_s)
+        try:
+            self.report(progress.phase, progress.done, progress.total, progress.eta_s)
+        except TrainingInterrupted:
+            if self.heartbeat.lost.is_set() or not self.heartbeat.cancel.is_set():
+                raise
+            # A cancel this write learnt of: the pass's own stop check, asked before its next batch,
+            # sees the flag and stops the pass where it is.
 
     def on_selection(self, selection: Selection) -> None:
         self._check()

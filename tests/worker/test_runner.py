@@ -98,9 +98,10 @@ class TestValidateAndRun:
             assert store.exists(f"adapters/{job.adapter_id}/{name}")
 
         events = job_events(settings, job_id)
-        types = {e.type for e in events}
-        assert {"selection", "metrics", "checkpoint"} <= types
-        selection = next(e for e in events if e.type == "selection")
+        # Event types are OpenAI's (message, metrics); what a message is about is its data's kind.
+        kinds = {(e.data or {}).get("kind", e.type) for e in events}
+        assert {"selection", "metrics", "checkpoint", "phase"} <= kinds
+        selection = next(e for e in events if (e.data or {}).get("kind") == "selection")
         assert selection.data is not None
         assert sum(selection.data["modules"].values()) == selection.data["selected"] > 0
         metrics = [e.data for e in events if e.type == "metrics" and e.data]
