@@ -7,7 +7,7 @@ export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 PYTEST_ARGS ?=
 
-.PHONY: all uv sync test lint demo demo-library bench bench-full clean
+.PHONY: all uv sync test lint demo demo-chat demo-library bench bench-full clean
 
 all: test
 
@@ -33,6 +33,9 @@ lint: sync
 
 demo: sync
 	$(UV) run --frozen python -m api.demo demo-out
+
+demo-chat: sync
+	$(UV) run --frozen python -m api.demo_chat demo-out/chat
 
 demo-library: sync
 	$(UV) run --frozen python -m grft_core.demo demo-out/library
