@@ -274,9 +274,14 @@ def export_peft(adapter_dir: Path, out: Path, registry: ModelRegistry | None = N
     cfg = adapter.config
     if adapter.method not in GRFT_KINDS:
         raise AdapterError(f"a {adapter.method} adapter cannot be exported as LoRA", param="method")
-    model, spec = registry.load(cfg["base_model"], num_labels=len(cfg["labels"]), seed=0)
+    model: nn.Module
+    if registry.get(cfg["base_model"]).kind == CAUSAL_LM:
+        # No head: the export loads onto the plain AutoModelForCausalLM.
+        model, _, spec = registry.load_causal_lm(cfg["base_model"])
+    else:
+        model, spec = registry.load(cfg["base_model"], num_labels=len(cfg["labels"]), seed=0)
     if cfg.get("base_fingerprint") and spec.fingerprint != cfg["base_fingerprint"]:
         raise FingerprintMismatch(
             "the registered base weights differ from the adapter's", param="base_fingerprint"
         )
-    return export_peft_lora(adapter, model, out)
+    return export_peft_lora(adapter, model, out, base_name=spec.name)

@@ -117,3 +117,31 @@ def test_a_wrapped_lm_exports_its_own_paths_and_other_models_are_refused(base_fo
     with pytest.raises(AdapterError, match="no plain transformers or timm form"):
         export_peft_lora(adapter, torch.nn.Sequential(torch.nn.Linear(2, 2)), tmp_path / "refused")
     assert not (tmp_path / "refused").exists()
+
+
+def test_pipeline_exports_an_adapter_folder_of_a_registered_causal_lm(base_folder, registry, tmp_path):
+    """The route and CLI path: ``export_peft`` loads the registered LM, not a classifier."""
+    from transformers import AutoTokenizer
+
+    from grft_core.adapters.format import save_adapter
+    from grft_core.adapters.validation import CAUSAL_LM_TASK
+    from grft_core.pipeline import export_peft
+
+    source = tmp_path / "source"
+    LlamaForCausalLM.from_pretrained(str(base_folder)).save_pretrained(str(source))
+    tokenizer_dir = registry.get("tiny-bert").config_dir  # any local tokenizer will do
+    AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(str(source))
+    spec = registry.add_causal_lm("tiny-llama-export", source)
+    ours, adapter, tokens = _trained_adapter(base_folder, "rows", k=2)
+    doc = {**adapter.config, "task": CAUSAL_LM_TASK, "labels": [], "base_model": spec.name}
+    doc["base_fingerprint"] = spec.fingerprint
+    save_adapter(tmp_path / "grft", adapter.tensors, doc)
+
+    out = export_peft(tmp_path / "grft", tmp_path / "peft", registry)
+
+    assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == spec.name
+    plain = PeftModel.from_pretrained(_load(base_folder), str(out)).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(
+            plain(input_ids=tokens).logits, ours(input_ids=tokens).logits, rtol=0, atol=1e-5
+        )
