@@ -266,6 +266,9 @@ def continuation_logprobs(
 ) -> list[float]:
     """Sum of log-probabilities of each sequence's last ``n`` tokens given the ones before.
 
+    Sequences whose continuation is one token and that share everything before it (BoolQ's "yes" and
+    "no") run as one sequence: the same forward pass gives every such choice's log-probability.
+
     Args:
         model: a causal LM (transformers ``*ForCausalLM`` or anything whose output has ``.logits``).
         encoded: ``(ids, n)`` pairs from ``encode_pairs``.
@@ -274,19 +277,31 @@ def continuation_logprobs(
     Returns:
         one float per pair, in input order.
     """
+    # Each job: a sequence to run, its continuation length, and (result index, tokens) to read off it.
+    jobs: list[tuple[list[int], int, list[tuple[int, list[int]]]]] = []
+    shared: dict[tuple[int, ...], int] = {}
+    for i, (ids, n) in enumerate(encoded):
+        if n == 1 and len(ids) >= 2:
+            key = tuple(ids[:-1])
+            if key in shared:
+                jobs[shared[key]][2].append((i, ids[-1:]))
+                continue
+            shared[key] = len(jobs)
+        jobs.append((ids, n, [(i, ids[len(ids) - n :])]))
     device = next(model.parameters()).device
-    order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i][0]))
+    order = sorted(range(len(jobs)), key=lambda j: -len(jobs[j][0]))
     result = [0.0] * len(encoded)
     for start in range(0, len(order), batch_size):
-        chunk = order[start : start + batch_size]
-        ids, mask, positions, targets = pad_batch([encoded[i] for i in chunk], pad_id)
-        logits = target_logits(model, ids.to(device), mask.to(device), positions.to(device)).float()
-        token_lp = torch.log_softmax(logits, dim=-1).gather(-1, targets.to(device).unsqueeze(-1)).squeeze(-1)
-        # Row-major order: each sequence's n continuation tokens follow the previous sequence's.
+        chunk = [jobs[j] for j in order[start : start + batch_size]]
+        batch_ids, mask, positions, _ = pad_batch([(seq, n) for seq, n, _ in chunk], pad_id)
+        logits = target_logits(model, batch_ids.to(device), mask.to(device), positions.to(device)).float()
+        logp = torch.log_softmax(logits, dim=-1).cpu()
+        # Row-major order: each sequence's n continuation rows follow the previous sequence's.
         pos = 0
-        for i in chunk:
-            n = encoded[i][1]
-            result[i] = float(token_lp[pos : pos + n].sum())
+        for _, n, readers in chunk:
+            rows = logp[pos : pos + n]
+            for i, tokens in readers:
+                result[i] = float(rows[torch.arange(n), torch.tensor(tokens)].sum())
             pos += n
     return result
 

@@ -89,6 +89,9 @@ def test_batched_scores_equal_one_sequence_at_a_time(tiny_lm):
     pairs = [(it.prompt, " " + c) for it in items for c in it.choices]
     encoded = cs.encode_pairs(_Tokenizer(), pairs, max_length=96)
     assert all(len(ids) <= 96 for ids, _ in encoded)
+    # One-token continuations after one shared context (BoolQ's yes/no) share a forward pass.
+    shared = encoded[0][0][:-2]
+    encoded += [(shared + [tok], 1) for tok in (5, 77, 200)]
     batched = cs.continuation_logprobs(tiny_lm, encoded, batch_size=5)
     for (ids, n), got in zip(encoded, batched, strict=True):
         with torch.no_grad():
