@@ -136,6 +136,20 @@ def _load_source(source: Path) -> tuple[nn.Module, Any]:
     return model.float().eval(), tokenizer
 
 
+def _usual_permissions(folder: Path) -> None:
+    """Give every file the mode the process's umask gives new files (some writers use 0600 temp files),
+    so that the service's other processes can read the store like the classifier entries."""
+    umask = 0o022
+    try:  # read, not set: os.umask would change it for every thread of the process meanwhile
+        status = Path("/proc/self/status").read_text()
+        umask = int(next(line.split()[1] for line in status.splitlines() if line.startswith("Umask:")), 8)
+    except (OSError, StopIteration, ValueError, IndexError):
+        pass
+    for path in folder.iterdir():
+        if path.is_file():
+            path.chmod(0o666 & ~umask)
+
+
 def build_causal_lm_entry(source: Path, folder: Path, *, name: str, description: str = "") -> ModelSpec:
     """Convert a ``.gguf`` file or Hugging Face folder into the store folder ``folder``, atomically.
 
@@ -158,6 +172,7 @@ def build_causal_lm_entry(source: Path, folder: Path, *, name: str, description:
         tokenizer.save_pretrained(str(tmp))
         if not (tmp / WEIGHTS_FILE).is_file():
             raise ConfigError(f"saving {source.name} did not give a single {WEIGHTS_FILE}", param="path")
+        _usual_permissions(tmp)
         shutil.rmtree(folder, ignore_errors=True)
         os.replace(tmp, folder)
     finally:

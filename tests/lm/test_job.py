@@ -115,7 +115,9 @@ def test_chat_job_trains_an_adapter(service: Service, tmp_path: Path, tiny_lm: s
     assert job["trainable_params"] == 2 * (6 * 4 * 32 + 4 * 64)
     adapter = service.client.get(f"/v1/adapters/{job['adapter_id']}", headers=service.auth).json()
     assert adapter["base_model"] == tiny_lm
-    events = service.client.get(f"/v1/fine_tuning/jobs/{job_id}/events", headers=service.auth).json()
+    events = service.client.get(
+        f"/v1/fine_tuning/jobs/{job_id}/events?limit=100", headers=service.auth
+    ).json()
     messages = " ".join(e["message"] for e in events["data"])
     assert "Files validated (36 training examples)" in messages
 
