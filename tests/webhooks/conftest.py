@@ -15,7 +15,6 @@ import redis
 
 from domain.settings import Settings
 from tests.api.conftest import (  # noqa: F401  (the service fixtures, shared)
-    REDIS_URL,
     api_key,
     app,
     auth,
@@ -27,6 +26,9 @@ from tests.api.conftest import (  # noqa: F401  (the service fixtures, shared)
     other_auth,
     other_key,
 )
+
+# A Redis database of their own: the jobs tests empty theirs (15) around each test.
+REDIS_URL = "redis://127.0.0.1:6379/12"
 
 
 @pytest.fixture

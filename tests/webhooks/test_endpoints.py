@@ -11,8 +11,8 @@ from fastapi.testclient import TestClient
 
 from domain.settings import Settings
 from domain.webhooks import DELIVER_WEBHOOK
-from tests.api.conftest import REDIS_URL
 from tests.api.jobs.helpers import published
+from tests.webhooks.conftest import REDIS_URL
 
 Auth = dict[str, str]
 PUBLIC = "https://hooks.example.com/grft"
