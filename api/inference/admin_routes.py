@@ -14,11 +14,13 @@ from api.errors import NotFound, Unauthorized, error_responses
 from api.inference.routes import adapter_refs
 from api.inference.service import AdapterRef
 from domain.adapters.models import Adapter
+from domain.jobs.model_ids import MAX_MODEL_ID
 from grft_core.errors import AdapterError, FingerprintMismatch, ModelNotFound
 from grft_core.serving import CacheEntry
 
 router = APIRouter(prefix="/v1/inference/adapters", tags=["inference"])
-AdapterId = Annotated[str, Path(min_length=1, max_length=64)]
+# An adapter id, or a fine-tuned model or checkpoint id (``ft:…``), as on every inference route.
+AdapterId = Annotated[str, Path(min_length=1, max_length=MAX_MODEL_ID)]
 
 
 class LoadedAdapter(BaseModel):
@@ -79,7 +81,7 @@ def loaded_adapters(session: SessionDep, tenant: TenantDep, inference: Inference
 
 
 def _ref(session: SessionDep, tenant: TenantDep, inference: InferenceDep, adapter_id: str) -> AdapterRef:
-    return adapter_refs(session, tenant, inference.store, [adapter_id], ["adapter_id"])[0]
+    return adapter_refs(session, tenant, inference.store, [adapter_id], ["adapter_id"], inference.registry)[0]
 
 
 @router.post("/{adapter_id}/pin", response_model=LoadedAdapter, responses=_ERRORS)

@@ -175,6 +175,12 @@ class TestAlias:
         assert content.status_code == 200
         assert content.content == client.get(f"/v1/adapters/{adapter.id}/content", headers=auth).content
 
+    def test_pin_by_model_id(self, client: TestClient, auth: Auth, ft_job: tuple[Job, Adapter]) -> None:
+        pinned = client.post(f"/v1/inference/adapters/{ft_id(ft_job[0])}/pin", headers=auth)
+
+        assert pinned.status_code == 200, pinned.text
+        assert (pinned.json()["id"], pinned.json()["pinned"]) == (ft_job[1].id, True)
+
     def test_other_tenant_cannot_use_it(
         self, client: TestClient, other_auth: Auth, ft_job: tuple[Job, Adapter]
     ) -> None:
