@@ -9,64 +9,16 @@ next to the base model's, downloads the adapter, calls predict, and stops the se
 
 from __future__ import annotations
 
-import ctypes
 import io
-import os
-import signal
-import socket
-import subprocess
 import sys
 import tarfile
 import time
 import zipfile
 from pathlib import Path
-from types import FrameType
 
+from api.demo_server import embedded_server
 from grft_client import TERMINAL_STATUSES, Client, GrftClientError
 from grft_core.data import digits_image_folder
-
-_PR_SET_PDEATHSIG = 1
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def _wait_ready(client: Client, server: subprocess.Popen[bytes], timeout: float = 180.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise SystemExit(f"grft serve exited with status {server.returncode}")
-        if client.ready():
-            return
-        time.sleep(0.5)
-    raise SystemExit("grft serve did not become ready in time")
-
-
-def _stop(server: subprocess.Popen[bytes]) -> None:
-    """SIGTERM the server, which stops its worker (in a session of its own) before it exits; SIGKILL
-    its process group after 60 s (the worker then stops itself: it watches its parent)."""
-    if server.poll() is not None:
-        return
-    os.killpg(server.pid, signal.SIGTERM)
-    try:
-        server.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        os.killpg(server.pid, signal.SIGKILL)
-        server.wait()
-
-
-def _die_with_parent() -> None:
-    """In the server's process, before exec: SIGTERM it if the demo dies, even by SIGKILL (Linux)."""
-    if sys.platform == "linux":
-        ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
-
-
-def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
-    raise SystemExit(128 + signum)  # runs the ``finally`` that stops the server
 
 
 def run(out_dir: Path) -> None:
@@ -74,35 +26,14 @@ def run(out_dir: Path) -> None:
     started = time.perf_counter()
     out_dir = out_dir.resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
-    port = _free_port()
-    env = {
-        **os.environ,
-        "GRFT_HOME": str(out_dir / "home"),
-        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"),
-    }
-    for var in ("GRFT_DATABASE_URL", "GRFT_BROKER_URL", "GRFT_ARTIFACT_URL"):
-        env.pop(var, None)  # the embedded default
-    log = (out_dir / "server.log").open("wb")
-    # The server has a session of its own (a terminal's Ctrl-C reaches the demo, which stops it); a
-    # SIGTERM of the demo (``kill``, a CI timeout) also goes through the ``finally`` below.
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    server = subprocess.Popen(
-        [sys.executable, "-m", "api.cli", "serve", "--host", "127.0.0.1", "--port", str(port), "--no-auth"],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        preexec_fn=_die_with_parent,  # the demo has no threads yet: preexec_fn is safe here
-    )  # fmt: skip
-    try:
+    with embedded_server(out_dir) as url:
         # --no-auth on loopback: no key (an explicit "" keeps GRFT_API_KEY and the config file out of it).
-        with Client(f"http://127.0.0.1:{port}", api_key="", timeout=120) as client:
-            print(f"1. grft serve (embedded: SQLite, local artifacts, broker-less worker) on port {port}")
-            _wait_ready(client, server)
+        with Client(url, api_key="", timeout=120) as client:
+            print(f"1. grft serve (embedded: SQLite, local artifacts, broker-less worker) at {url}")
             try:
                 _demo(client, out_dir)
             except GrftClientError as exc:
                 raise SystemExit(f"the service answered: {exc}") from exc
-    finally:
-        _stop(server)
-        log.close()
     print(f"done in {time.perf_counter() - started:.0f}s; server stopped; files in {out_dir}/")
 
 
