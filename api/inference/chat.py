@@ -83,7 +83,7 @@ def resolve_model(session: Session, tenant: Tenant, inference: InferenceService,
         spec = inference.registry.get(model)
     except ModelNotFound:
         try:
-            ref = adapter_refs(session, tenant, inference.store, [model], ["model"])[0]
+            ref = adapter_refs(session, tenant, inference.store, [model], ["model"], inference.registry)[0]
         except NotFound as exc:
             raise ModelNotFound(f"model: no base or fine-tuned model {model!r}", param="model") from exc
         spec = inference.registry.get(ref.base_model)

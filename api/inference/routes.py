@@ -69,7 +69,7 @@ def adapter_refs(
     store: Any,
     ids: Sequence[str],
     params: Sequence[str],
-    registry: ModelRegistry | None = None,
+    registry: ModelRegistry,
 ) -> list[AdapterRef]:
     """Each id's adapter of this tenant, as a ref (a 404 names the first item whose adapter is unknown).
 
@@ -78,7 +78,7 @@ def adapter_refs(
     for adapter_id, param in zip(ids, params, strict=True):
         if adapter_id not in rows:
             try:
-                row = get_model_adapter(session, tenant, adapter_id, store, registry or ModelRegistry())
+                row = get_model_adapter(session, tenant, adapter_id, store, registry)
                 rows[adapter_id] = AdapterRef.from_row(row, store)
             except NotFound as exc:
                 raise NotFound(f"{param}: {exc.message}", param=param) from exc

@@ -85,7 +85,11 @@ def objects(client: TestClient, auth: dict[str, str], add, cnn10, db: Session, b
     checkpoint_id = "ftckpt-isolation"
     db.add(JobCheckpoint(id=checkpoint_id, job_id=job.json()["id"], step=1, uri="file:///nowhere"))
     db.commit()
+    # A public address literal: the URL policy accepts it without a name to resolve.
+    webhook = client.post("/v1/webhooks", headers=auth, json={"url": "https://93.184.215.14/hooks"})
+    assert webhook.status_code == 200, webhook.text
     return {
+        "webhook_id": webhook.json()["id"],
         "file_id": file.json()["id"],
         "job_id": job.json()["id"],
         "adapter_id": add(cnn10).id,

@@ -789,7 +789,7 @@ const WEBHOOK_EVENTS = ["fine_tuning.job.succeeded", "fine_tuning.job.failed", "
 async function webhooksView(main, selected) {
   if (selected) return webhookView(main, selected);
   const body = h("tbody");
-  const url = h("input", { type: "url", id: "webhook-url", required: true, placeholder: "https://example.com/hooks/grft" });
+  const url = h("input", { type: "url", id: "webhook-url", required: true, placeholder: "receiver URL (https)" });
   const boxes = WEBHOOK_EVENTS.map((name) => h("input", { type: "checkbox", value: name, checked: true,
     "data-event": name }));
   const button = h("button", { type: "submit", id: "create-webhook" }, "Add endpoint");

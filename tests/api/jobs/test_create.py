@@ -43,7 +43,10 @@ class TestCreateJob:
         assert job["hyperparameters"]["n_epochs"] == 2
         assert job["fine_tuned_model"] is None
         assert job["error"] is None
-        assert job["progress"] == {"steps_completed": 0, "total_steps": None, "seconds_remaining": None}
+        progress = job["progress"]
+        openai_fields = {k: progress[k] for k in ("steps_completed", "total_steps", "seconds_remaining")}
+        assert openai_fields == {"steps_completed": 0, "total_steps": None, "seconds_remaining": None}
+        assert progress["phase"] == "validating"
         row = db.get(Job, job["id"])
         assert row is not None
         assert job["organization_id"] == row.tenant_id
@@ -211,7 +214,13 @@ class TestCreateJob:
 
         job = create(client, auth, file_id, hyperparameters=legacy, method=method).json()
 
-        assert job["hyperparameters"] == {"n_epochs": 4, "batch_size": 32, "learning_rate_multiplier": 2.0}
+        # The method's hyperparameters win over the deprecated top-level ones; "auto" is shown until
+        # the worker has chosen the value.
+        assert job["hyperparameters"] == {
+            "n_epochs": "auto",
+            "batch_size": "auto",
+            "learning_rate_multiplier": 2.0,
+        }
         assert job["method"]["type"] == "full"
 
     def test_same_idempotency_key_and_body_returns_the_same_job(
