@@ -178,7 +178,8 @@ def train_lm_to_folder(
             callbacks=callbacks,
             checkpoint_dir=checkpoint_dir,
         )
-    trained = getattr(result, "config", None) or config
+    # "auto" values are resolved during fit: the adapter records what actually trained.
+    trained = result.config or config
     tensors = adapter_tensors(
         model,
         trained.method,
@@ -216,6 +217,10 @@ def train_lm_to_folder(
         },
         "wall_time_s": time.perf_counter() - started,
     }
+    if result.autotune is not None:
+        metrics["autotune"] = result.autotune
+    if result.divergences:
+        metrics["divergences"] = result.divergences
     doc: dict[str, Any] = {
         "method": trained.method,
         "task": CAUSAL_LM_TASK,
@@ -233,6 +238,8 @@ def train_lm_to_folder(
         "metrics": {k: v for k, v in metrics.items() if k != "history"},
         "config": trained.to_dict(),
     }
+    if result.autotune is not None:
+        doc["autotune"] = result.autotune
     _write(out, tensors, doc, metrics, fp16)
     return metrics
 

@@ -115,6 +115,26 @@ class TestCommandLine:
         )  # fmt: skip
         assert metrics["trained_tokens"] == 2 * metrics["data"]["train"]["tokens"]
 
+    def test_auto_learning_rate_is_chosen_and_recorded(
+        self, capsys: pytest.CaptureFixture[str], tiny_lm: str, tmp_path: Path
+    ) -> None:
+        train = write_jsonl(tmp_path / "train.jsonl", chat_lines(40))
+        val = write_jsonl(tmp_path / "val.jsonl", chat_lines(8, seed=1))
+        adapter = tmp_path / "adapter"
+        code, _, err = call_main(
+            main, capsys, "train", "--model", tiny_lm, "--data", str(train), "--val-data", str(val),
+            "--k", "4", "--epochs", "2", "--batch-size", "8", "--lr", "auto", "--max-length", "64",
+            "--out", str(adapter),
+        )  # fmt: skip
+        assert code == 0, err
+        metrics = json.loads((adapter / "metrics.json").read_text())
+        chosen = metrics["hyperparameters"]["learning_rate"]
+        assert isinstance(chosen, float)
+        assert metrics["autotune"]
+        config = json.loads((adapter / "adapter_config.json").read_text())
+        assert config["autotune"] == metrics["autotune"]
+        assert config["config"]["lr"] == chosen
+
     def test_bad_chat_line_is_a_clear_error(
         self, capsys: pytest.CaptureFixture[str], tiny_lm: str, tmp_path: Path
     ) -> None:
