@@ -240,7 +240,7 @@ def train_lm_to_folder(
     }
     if result.autotune is not None:
         doc["autotune"] = result.autotune
-    _write(out, tensors, doc, metrics, fp16)
+    write_adapter_folder(out, tensors, doc, metrics, fp16)
     return metrics
 
 
@@ -253,7 +253,7 @@ def _module_info(result: Any) -> dict[str, Any]:
     }
 
 
-def _write(
+def write_adapter_folder(
     out: Path, tensors: dict[str, torch.Tensor], doc: dict[str, Any], metrics: dict[str, Any], fp16: bool
 ) -> None:
     """The adapter and ``metrics.json``, written to a temporary sibling and renamed into ``out``."""

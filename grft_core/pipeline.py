@@ -4,9 +4,6 @@ evaluate an adapter, export it. The CLI and the service's worker are thin layers
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -22,7 +19,6 @@ from grft_core.adapters.format import (
     adapter_tensors,
     apply_adapter,
     load_adapter,
-    save_adapter,
 )
 from grft_core.adapters.peft import export_peft_lora
 from grft_core.cancel import ShouldStop, check_stop, stop_checks
@@ -30,15 +26,13 @@ from grft_core.data.limits import DataLimits
 from grft_core.data.loading import LabeledData, load_dataset, load_train_val
 from grft_core.data.preprocess import make_preprocessor
 from grft_core.errors import AdapterError, DatasetRejected, FingerprintMismatch
-from grft_core.lm_pipeline import train_lm_to_folder
+from grft_core.lm_pipeline import train_lm_to_folder, write_adapter_folder
 from grft_core.method.batching import BatchSource
 from grft_core.method.config import GRFTConfig
 from grft_core.method.evaluation import evaluate
 from grft_core.method.trainer import TrainResult, fit
 from grft_core.models.causal import CAUSAL_LM
 from grft_core.models.registry import ModelRegistry, ModelSpec
-
-METRICS_NAME = "metrics.json"
 
 
 def train_to_folder(
@@ -169,17 +163,7 @@ def train_to_folder(
     }
     if result.autotune is not None:
         doc["autotune"] = result.autotune
-    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        save_adapter(tmp, tensors, doc, fp16=fp16)
-        metrics["adapter_bytes"] = (tmp / "adapter_model.safetensors").stat().st_size
-        (tmp / METRICS_NAME).write_text(json.dumps(metrics, indent=2))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    write_adapter_folder(out, tensors, doc, metrics, fp16)
     return metrics
 
 
