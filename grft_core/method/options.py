@@ -35,8 +35,9 @@ from grft_core.errors import ConfigError
 from grft_core.method.layers import Axis
 
 SelectionLoss = Literal["scl", "ce"]
-#: ``random`` is the control: the same k per matrix, chosen by a seeded draw instead of by gradients.
-SelectionStrategy = Literal["gradient", "random"]
+#: ``random`` is the control: the same k per matrix, chosen by a seeded draw instead of by gradients;
+#: ``magnitude`` is the data-free alternative: the rows (columns) with the largest pre-trained norm.
+SelectionStrategy = Literal["gradient", "random", "magnitude"]
 ScoreMode = Literal["accumulated", "per_batch"]
 Precision = Literal["auto", "fp32", "bf16"]
 Device = Literal["auto", "cpu", "cuda"]
@@ -306,7 +307,11 @@ class GrftOptions(SparseOptions):
         default="rows", description="Select rows (output features) or columns (input features)."
     )
     selection_strategy: SelectionStrategy = Field(
-        default="gradient", description="Choose by gradient scores, or by a seeded random draw (the control)."
+        default="gradient",
+        description=(
+            "Choose by gradient scores, by a seeded random draw (the control), or by the pre-trained "
+            "weights' row (column) norms."
+        ),
     )
 
 

@@ -89,6 +89,8 @@ def compute_selection(
     shapes = {name: weight_matrix_shape(m) for name, m in modules.items()}
     if config.selection_strategy == "random":
         return random_selection(shapes, config, seed)
+    if config.selection_strategy == "magnitude":
+        return magnitude_selection(modules, config)
     batches, loss_fn, n = _pass_inputs(model, source, config, seed)
     axis, score_mode = config.axis, config.score_mode
     counted = _counted(batches, on_progress)
@@ -121,6 +123,32 @@ def random_selection(shapes: dict[str, tuple[int, int]], config: GRFTConfig, see
     dim = 0 if config.axis == "rows" else 1
     scores = {name: torch.rand(shape[dim], generator=g) for name, shape in shapes.items()}
     meta = {"selection_strategy": "random", "seed": seed}
+    return select_top_k(scores, config.k_for, config.axis, shapes, meta)
+
+
+def magnitude_selection(modules: dict[str, nn.Module], config: GRFTConfig) -> Selection:
+    """Choose the ``k`` rows/columns of each matrix with the largest L2 norm of the pre-trained weights.
+
+    The data-free ablation between the random draw and the gradient pass: it asks whether "big rows"
+    are what the gradient scores find. A convolution's rows are its output channels (norm over input
+    channels and kernel), its columns the flattened ``in/groups · kh · kw`` positions.
+
+    Args:
+        modules: module name → eligible ``nn.Linear``/``nn.Conv2d``, in a fixed order.
+        config: k (or the k map) and the axis.
+    Returns:
+        the selection, with the norms kept as its scores.
+    Raises:
+        ConfigError: k exceeds every matrix, or the k map names no module.
+    """
+    dim = 1 if config.axis == "rows" else 0
+    scores: dict[str, Tensor] = {}
+    shapes: dict[str, tuple[int, int]] = {}
+    for name, module in modules.items():
+        shapes[name] = weight_matrix_shape(module)
+        matrix = module_weight(module).detach().float().reshape(shapes[name][0], -1)
+        scores[name] = matrix.norm(dim=dim).cpu()
+    meta = {"selection_strategy": "magnitude"}
     return select_top_k(scores, config.k_for, config.axis, shapes, meta)
 
 
