@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 from domain.db import utcnow
 from domain.ids import new_id
 from domain.jobs.models import Job
+from domain.jobs.states import JobStatus
 from domain.webhooks.models import WebhookDelivery, WebhookEndpoint, WebhookEvent
 
 SUCCEEDED = "fine_tuning.job.succeeded"
@@ -20,7 +21,11 @@ CANCELLED = "fine_tuning.job.cancelled"
 EVENT_TYPES = (SUCCEEDED, FAILED, CANCELLED)
 #: What ``POST /v1/webhooks/{id}/test`` sends: not a job's event, so no receiver mistakes it for one.
 TEST_EVENT = "webhook.test"
-_BY_STATUS = {"succeeded": SUCCEEDED, "failed": FAILED, "cancelled": CANCELLED}
+_BY_STATUS: dict[str, str] = {
+    JobStatus.SUCCEEDED: SUCCEEDED,
+    JobStatus.FAILED: FAILED,
+    JobStatus.CANCELLED: CANCELLED,
+}
 
 
 def _event(session: Session, tenant_id: str, type: str, data: dict[str, str]) -> WebhookEvent:
