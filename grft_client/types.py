@@ -11,7 +11,17 @@ from typing import Any, Generic, TypeVar
 from pydantic import BaseModel, ConfigDict, Field
 
 #: A job's states; the last three are final.
-JOB_STATUSES = ("validating_files", "queued", "running", "cancelling", "succeeded", "failed", "cancelled")
+JOB_STATUSES = (
+    "validating_files",
+    "queued",
+    "running",
+    "pausing",
+    "paused",
+    "cancelling",
+    "succeeded",
+    "failed",
+    "cancelled",
+)
 TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
 
 
