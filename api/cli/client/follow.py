@@ -19,7 +19,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn
 
-from grft_client import Client, Job, JobEvent
+from grft_client import TERMINAL_STATUSES, Client, Job, JobEvent
 
 POLL_S = 2.0
 # After the job is seen finished, how long the stream may take to deliver its last events.
@@ -237,7 +237,7 @@ def follow(client: Client, job_id: str, sink: Sink, *, poll_s: float = POLL_S) -
                 state.on_job(client.jobs.get(job_id))
                 sink.job(state)
                 next_poll = now + poll_s
-                if state.status in ("succeeded", "failed", "cancelled") and finished_at is None:
+                if state.status in TERMINAL_STATUSES and finished_at is None:
                     finished_at = now
             try:
                 kind, item = inbox.get(timeout=max(0.05, next_poll - time.monotonic()))
