@@ -43,7 +43,8 @@ LEGACY_TEMP_MAX_AGE_S = 6 * 3600
 # Which job statuses a work folder's purpose is alive in.
 _LIVE_STATUSES = {
     "validate": (JobStatus.VALIDATING_FILES, JobStatus.CANCELLING),
-    "run": (JobStatus.RUNNING, JobStatus.CANCELLING),
+    # A pausing job's worker runs on until its next checkpoint is stored.
+    "run": (JobStatus.RUNNING, JobStatus.PAUSING, JobStatus.CANCELLING),
 }
 # How long a worker whose parent died may finish its current step before it exits (as ``grft serve``
 # gives it on a normal stop); the job it held is re-queued by the reconciler.

@@ -79,10 +79,15 @@ class TestSweepWork:
     def test_keeps_only_folders_of_active_leases(self, settings: Settings, make_job: MakeJob) -> None:
         running = make_job("file-x", status="running", lease_token="a" * 32)
         validating = make_job("file-x", status="validating_files", lease_token="b" * 32)
+        pausing = make_job("file-x", status="pausing", lease_token="f" * 32)
         requeued = make_job("file-x", status="queued", lease_token=None)
         done = make_job("file-x", status="succeeded", lease_token="c" * 32)
         work = settings.home / "work"
-        keep = [work / f"{running}-run-{'a' * 12}", work / f"{validating}-validate-{'b' * 12}"]
+        keep = [
+            work / f"{running}-run-{'a' * 12}",
+            work / f"{validating}-validate-{'b' * 12}",
+            work / f"{pausing}-run-{'f' * 12}",  # its worker runs on to its next checkpoint
+        ]
         drop = [
             work / f"{running}-run-{'9' * 12}",  # an older attempt's lease
             work / f"{validating}-run-{'b' * 12}",  # the lease is not a run's
