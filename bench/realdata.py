@@ -220,11 +220,27 @@ def run_config(
         "adapter_bytes": folder_bytes(out),
         "adapter_weights_bytes": metrics["adapter_bytes"],
         "train_seconds": train_s,
+        "steps": metrics.get("steps"),
         "seconds": time.perf_counter() - started,
-        "config": config.to_dict(),
+        "config": {**config.to_dict(), **_trained_with(metrics)},
     }
+    if "autotune" in metrics:
+        tuning = metrics["autotune"]
+        record["autotune"] = {
+            key: tuning.get(key) for key in ("chosen", "budget_steps", "used_steps", "seconds", "reasons")
+        }
+        record["autotune"]["trials"] = len(tuning.get("trials", ()))
+    if metrics.get("divergences"):
+        record["divergences"] = len(metrics["divergences"])
     shutil.rmtree(out, ignore_errors=True)
     return record
+
+
+def _trained_with(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The values a run trained with where "auto" chose them (the config asked for auto)."""
+    hp = metrics.get("hyperparameters", {})
+    names = {"learning_rate": "lr", "n_epochs": "epochs", "batch_size": "batch_size"}
+    return {names[k]: v for k, v in hp.items() if k in names and v is not None}
 
 
 def _masked_trainable(adapter_dir: Path, requires_grad: int) -> int:

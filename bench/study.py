@@ -27,6 +27,7 @@ the tables and plots from that file.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import multiprocessing
 import os
@@ -199,6 +200,7 @@ def shared_config(task: Task, sizes: Sizes, seed: int) -> GRFTConfig:
     )
 
 
+@functools.cache
 def layer_k_map(model_name: str, registry: ModelRegistry, late: bool) -> dict[str, int]:
     """k = 4 on one half of the eligible matrices (in model order) and 12 on the other half."""
     from grft_core.method import eligible_modules
@@ -210,6 +212,7 @@ def layer_k_map(model_name: str, registry: ModelRegistry, late: bool) -> dict[st
     return {n: (low if i < half else high) for i, n in enumerate(names)}
 
 
+@functools.cache
 def matched_lora_rank(task: Task, classes: int, registry: ModelRegistry) -> int:
     """The LoRA rank whose trainable count is closest to GRFT rows' at ``K`` (ties: the smaller rank)."""
     from bench.accuracy import head_param_count, lora_params_per_rank, matched_rank
@@ -235,7 +238,7 @@ def variant_config(run: Run, task: Task, sizes: Sizes, classes: int, registry: M
     elif run.variant.method == "lora":
         changes.setdefault("lora_rank", run.variant.changes["lora_rank"])
     if isinstance(changes.get("k"), str):
-        changes["k"] = layer_k_map(task.model, registry, late=changes["k"] == "late")
+        changes["k"] = dict(layer_k_map(task.model, registry, late=changes["k"] == "late"))
     factor = changes.pop("epochs_factor", 1)
     if run.variant.method == "linear_probe":
         changes["head_lr"] = None  # the probe is all head: the searched rate is the head's

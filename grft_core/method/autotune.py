@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import math
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -148,10 +149,12 @@ def resolve(
         loss_fn: the training loss of a batch (the search's score uses it too).
     Returns:
         the config to train with (``auto`` empty) and the record: ``chosen``, ``reasons``, ``trials``
-        (rate, rung, steps, validation loss), ``budget_steps`` and ``used_steps``.
+        (rate, rung, steps, validation loss), ``budget_steps``, ``used_steps`` and ``seconds`` (wall
+        time of the search).
     Raises:
         TrainingInterrupted: a stop was asked during the search.
     """
+    started = time.perf_counter()
     auto = set(config.auto)
     chosen: dict[str, Any] = {}
     reasons: dict[str, str] = {}
@@ -176,6 +179,7 @@ def resolve(
         if batch_size != searched.batch_size:  # a CUDA out-of-memory halved it during the search
             chosen["batch_size"] = batch_size
             reasons["batch_size"] = reasons.get("batch_size", "the given size") + ", halved to fit in memory"
+    record["seconds"] = round(time.perf_counter() - started, 3)
     for cb in callbacks:
         hook = getattr(cb, "on_autotune", None)
         if hook is not None:

@@ -93,6 +93,8 @@ class TestSearch:
         first_config, first = search(task, config)
         assert torch.equal(torch.get_rng_state(), before)  # training after the search draws the same numbers
         second_config, second = search(task, config)
+        # Everything but the search's wall time is a function of the seed.
+        assert first.pop("seconds") > 0 and second.pop("seconds") > 0
         assert first == second
         assert first_config == second_config
         assert first_config.auto == []
