@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.realdata import (
+    PLOTS_DIR,
     REAL_TASKS,
     RESULTS_DIR,
     TINY_TASKS,
@@ -349,6 +350,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     mode.add_argument("--tiny", action="store_true", help="tiny random models (tests)")
     p.add_argument("--plan", help=f"comma-separated plans (default: {','.join(ORDER)})")
     p.add_argument("--tasks", help="comma-separated tasks (default: all)")
+    p.add_argument("--variants", help="comma-separated variants of the plans (default: all)")
     p.add_argument("--workers", type=int, default=2, help="runs at once, each in its own process")
     p.add_argument("--threads", type=int, default=1, help="torch threads per worker")
     p.add_argument("--out", type=Path, default=None, help="default bench/results/study_<mode>.jsonl")
@@ -367,10 +369,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     if not args.report:
         runs = runs_for(plans, names, sizes.seeds)
+        if args.variants:
+            runs = [r for r in runs if r.variant.name in args.variants.split(",")]
         execute(runs, tasks, sizes, out, workers=args.workers, threads=args.threads, model_dir=args.model_dir)
     from bench.study_report import write_report
 
-    write_report(out, mode_name, sizes, machine_info())
+    plots = PLOTS_DIR if out.parent.resolve() == RESULTS_DIR.resolve() else out.parent
+    write_report(out, mode_name, sizes, machine_info(), plots)
     return 0
 
 
