@@ -147,10 +147,12 @@ PLANS: dict[str, tuple[Variant, ...]] = {
             ("lora_matched", "lora", {"lora_rank": "matched"}),
         )
     ),
+    # MobileNetV2's convolutions have no biases (a BatchNorm follows each), so bias training changes
+    # nothing there; what differs from LoRA is which matrices and which directions can move.
     "cnn": (
         Variant("grft_rows_depthwise", "grft", {"include_depthwise": True}, IMAGE_TASKS),
-        Variant("grft_rows_no_bias", "grft", {"train_bias": False}, IMAGE_TASKS),
         Variant("grft_cols_depthwise", "grft", {"axis": "columns", "include_depthwise": True}, IMAGE_TASKS),
+        Variant("k_late", "grft", {"k": "late"}, IMAGE_TASKS),
     ),
 }
 #: The plans each task joins when no ``--plan`` is given, in the order they run.
