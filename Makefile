@@ -40,16 +40,16 @@ demo-chat: sync
 demo-library: sync
 	$(UV) run --frozen python -m grft_core.demo demo-out/library
 
-# BENCH_THREADS: torch threads for the accuracy and ablation runs (use 1 on a machine shared with other
-# heavy processes: two 2-thread torch processes on 2 cores slow each other down many times over).
-BENCH_THREADS ?= 2
+# BENCH_THREADS: torch threads per benchmark process (the accuracy study runs two one-thread workers;
+# use 1 on a machine shared with other heavy processes).
+BENCH_THREADS ?= 1
 
-# Quick mode: subsets and one seed; rewrites bench/results/*_quick.*. Its accuracy and ablation parts
-# take most of an hour on 2 shared cores, mostly MiniLM (bench/RESULTS.md, "Quick-mode duration").
+# Quick mode: subsets and one seed; rewrites bench/results/*_quick.* (bench/RESULTS.md says how long).
 bench: sync
 	$(UV) run --frozen python -m bench.run --quick --threads $(BENCH_THREADS)
 
-# The three-seed tables on larger subsets (hours on 2 cores).
+# The accuracy study: every method under the same learning-rate search, three seeds, the ablations and
+# the language-model study; sized for about 2.5 hours on an idle 2-core CPU. It resumes where it stopped.
 bench-full: sync
 	$(UV) run --frozen python -m bench.run --threads $(BENCH_THREADS)
 

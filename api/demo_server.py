@@ -3,7 +3,6 @@ worker) under a folder of the demo's, stopped with everything it started however
 
 from __future__ import annotations
 
-import ctypes
 import os
 import signal
 import socket
@@ -15,9 +14,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
 
+from domain.processes import die_with_parent
 from grft_client import Client
-
-_PR_SET_PDEATHSIG = 1
 
 
 def _free_port() -> int:
@@ -53,8 +51,7 @@ def _stop(server: subprocess.Popen[bytes]) -> None:
 
 def _die_with_parent() -> None:
     """In the server's process, before exec: SIGTERM it if the demo dies, even by SIGKILL (Linux)."""
-    if sys.platform == "linux":
-        ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+    die_with_parent()
 
 
 def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:

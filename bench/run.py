@@ -1,8 +1,9 @@
 """The benchmark suite: ``make bench`` (``--quick``) and ``make bench-full``.
 
-Runs, each in its own process so one's threads and memory never disturb the next: the accuracy
-benchmark, the ablations, the training-cost scripts (``step_time``, ``selection_pass``,
-``adapter_size``) and the serving benchmark, when they exist. Every script writes its JSON and table
+Runs, each in its own process so one's threads and memory never disturb the next: the accuracy study
+(``bench/study.py``: every method under the same learning-rate search, and the ablations), the
+language-model study, and in quick mode the training-cost scripts (``step_time``, ``selection_pass``,
+``adapter_size``) and the serving benchmark. Every script writes its JSON and table
 under ``bench/results/``; this prints how long each took and exits non-zero if any failed.
 
     uv run --frozen python -m bench.run --quick --threads 1
@@ -20,28 +21,31 @@ from collections.abc import Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-# (module, takes --threads): the training-cost scripts fix their own thread settings.
-SCRIPTS = (
-    ("bench.accuracy", True),
-    ("bench.ablations", True),
-    ("bench.step_time", False),
-    ("bench.selection_pass", False),
-    ("bench.adapter_size", False),
-    ("bench.serving", False),
+LM_STUDY = ["--tasks", "boolq", "--seeds", "0,1,2", "--methods", "base", "grft_rows", "random_rows"]
+LM_STUDY.append("lora_matched")
+# (module, extra arguments of the quick mode, of the full mode; None: not in that mode, takes --threads).
+# The full mode is the accuracy study only (bench/study.py and the language-model study), sized to fit
+# about 2.5 hours on an idle 2-core CPU; the cost benchmarks are quick by design and run in make bench.
+SCRIPTS: tuple[tuple[str, list[str] | None, list[str] | None, bool], ...] = (
+    ("bench.study", ["--quick", "--plan", "main,selection"], [], True),
+    ("bench.lm_accuracy", ["--quick"], ["--mode", "study", *LM_STUDY], True),
+    ("bench.step_time", ["--quick"], None, False),
+    ("bench.selection_pass", ["--quick"], None, False),
+    ("bench.adapter_size", ["--quick"], None, False),
+    ("bench.serving", ["--quick"], None, False),
 )
 
 
 def commands(quick: bool, threads: int | None, only: Sequence[str] | None = None) -> list[list[str]]:
-    """The command line of every script that exists (and is in ``only``, when given)."""
+    """The command line of every script of the mode that exists (and is in ``only``, when given)."""
     out = []
-    for module, takes_threads in SCRIPTS:
-        if only and module.rsplit(".", 1)[1] not in only:
+    for module, quick_args, full_args, takes_threads in SCRIPTS:
+        extra = quick_args if quick else full_args
+        if extra is None or (only and module.rsplit(".", 1)[1] not in only):
             continue
         if importlib.util.find_spec(module) is None:
             continue
-        cmd = [sys.executable, "-m", module]
-        if quick:
-            cmd.append("--quick")
+        cmd = [sys.executable, "-m", module, *extra]
         if threads and takes_threads:
             cmd += ["--threads", str(threads)]
         out.append(cmd)
@@ -51,7 +55,7 @@ def commands(quick: bool, threads: int | None, only: Sequence[str] | None = None
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="subsets and one seed")
-    p.add_argument("--threads", type=int, default=None, help="torch threads for accuracy and ablations")
+    p.add_argument("--threads", type=int, default=None, help="torch threads per study worker")
     p.add_argument("--only", help="comma-separated script names, e.g. accuracy,ablations")
     args = p.parse_args(argv)
     timings: dict[str, float] = {}

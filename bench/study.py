@@ -52,6 +52,7 @@ from bench.realdata import (
     run_config,
     set_threads,
 )
+from domain.processes import die_with_parent
 from grft_core import GRFTConfig, ModelRegistry
 
 #: The shared head rate: the search tunes the body's rate, the fresh head learns at this one.
@@ -255,6 +256,7 @@ _REGISTRY: ModelRegistry | None = None
 
 def _init_worker(threads: int, model_dir: str | None) -> None:
     global _REGISTRY
+    die_with_parent()  # a stopped study must not leave its runs training on
     set_threads(threads)
     _REGISTRY = ModelRegistry(Path(model_dir) if model_dir else None)
 

@@ -72,3 +72,13 @@ def test_variant_names_of_the_selection_grid_are_distinct() -> None:
     names = [v.name for v in study.PLANS["selection"]]
     assert len(names) == len(set(names)) == 16
     assert {"grft_rows", "random_rows", "magnitude_rows"} <= set(names)
+
+
+def test_full_mode_is_the_accuracy_study() -> None:
+    from bench.run import commands
+
+    full = [c[2:] for c in commands(False, 1)]
+    assert [c[0] for c in full] == ["bench.study", "bench.lm_accuracy"]
+    assert full[1][1:3] == ["--mode", "study"] and "0,1,2" in full[1]
+    quick = [c[2] for c in commands(True, 1)]
+    assert quick[:2] == ["bench.study", "bench.lm_accuracy"] and "bench.serving" in quick

@@ -13,12 +13,10 @@ and stop itself when the process that started it is gone.
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import shutil
 import signal
-import sys
 import tempfile
 import threading
 import time
@@ -30,6 +28,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from domain.db import session_scope
 from domain.jobs.models import Job
 from domain.jobs.states import JobStatus
+from domain.processes import die_with_parent
 from domain.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -49,7 +48,6 @@ _LIVE_STATUSES = {
 # How long a worker whose parent died may finish its current step before it exits (as ``grft serve``
 # gives it on a normal stop); the job it held is re-queued by the reconciler.
 PARENT_GONE_GRACE_S = 10.0
-_PR_SET_PDEATHSIG = 1
 
 
 # --- processes ---------------------------------------------------------------------------------------
@@ -185,12 +183,8 @@ def watch_parent(grace_s: float = PARENT_GONE_GRACE_S, interval_s: float = 1.0) 
     if not expected.isdigit():
         return None
     parent = int(expected)
-    if sys.platform == "linux":
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
-        except (OSError, AttributeError):  # pragma: no cover - not glibc: the thread below still works
-            log.debug("prctl(PR_SET_PDEATHSIG) unavailable")
+    if not die_with_parent():  # the thread below still works
+        log.debug("prctl(PR_SET_PDEATHSIG) unavailable")
 
     def watch() -> None:
         while os.getppid() == parent:
