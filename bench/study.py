@@ -174,10 +174,11 @@ class Run:
 
 
 def runs_for(plans: Sequence[str], tasks: Sequence[str], seeds: Sequence[int]) -> list[Run]:
-    """Every distinct run of ``plans`` on ``tasks``, seed-major: partial results cover every variant."""
+    """Every distinct run of ``plans`` on ``tasks``: plan by plan, each seed by seed, so that a study
+    stopped part-way has whole plans with every seed rather than every plan with one."""
     seen: dict[str, Run] = {}
-    for seed in seeds:
-        for plan in plans:
+    for plan in plans:
+        for seed in seeds:
             for variant in PLANS[plan]:
                 for task in tasks:
                     if variant.tasks is not None and task not in variant.tasks:
