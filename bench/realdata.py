@@ -263,23 +263,6 @@ def _masked_trainable(adapter_dir: Path, requires_grad: int) -> int:
     return int(requires_grad - whole + selected)
 
 
-def kept_tasks(out: Path, mode: str, order: list[str], running: list[str]) -> dict[str, Any]:
-    """Entries of an earlier report at ``out`` (same mode) for the tasks this run leaves out.
-
-    Lets ``--tasks`` rerun part of a benchmark without losing the rest of its table; the kept entries
-    carry their own timings and load averages.
-    """
-    if not out.exists() or set(running) >= set(order):
-        return {}
-    try:
-        earlier = json.loads(out.read_text())
-    except (OSError, ValueError):
-        return {}
-    if earlier.get("mode") != mode:
-        return {}
-    return {t: earlier["tasks"][t] for t in order if t in earlier.get("tasks", {}) and t not in running}
-
-
 def set_threads(threads: int | None) -> None:
     """Fix torch's intra-op threads (two processes with two threads each on two cores crawl)."""
     if threads:

@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import math
 import multiprocessing
 import os
 import shutil
@@ -54,6 +55,7 @@ from bench.realdata import (
 )
 from domain.processes import die_with_parent
 from grft_core import GRFTConfig, ModelRegistry
+from grft_core.method import HEAD, inject_lora
 
 #: The shared head rate: the search tunes the body's rate, the fresh head learns at this one.
 HEAD_LR = 3e-3
@@ -217,10 +219,28 @@ def layer_k_map(model_name: str, registry: ModelRegistry, late: bool) -> dict[st
     return {n: (low if i < half else high) for i, n in enumerate(names)}
 
 
+def lora_params_per_rank(task: Task, registry: ModelRegistry, num_labels: int) -> int:
+    """LoRA's trainable count per unit of rank on ``task``'s model (it is linear in the rank)."""
+    model, _ = registry.load(task.model, num_labels=num_labels, seed=0)
+    inject_lora(model, GRFTConfig(method="lora", lora_rank=1))
+    return sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
+
+
+def matched_rank(grft_trainable: int, head_params: int, per_rank: int) -> int:
+    """The LoRA rank whose trainable count (factors + head) is closest to GRFT's."""
+    body = grft_trainable - head_params
+    low = max(1, math.floor(body / per_rank))
+    return min((low, low + 1), key=lambda r: (abs(r * per_rank - body), r))
+
+
+def head_param_count(task: Task, registry: ModelRegistry, num_labels: int) -> int:
+    model, _ = registry.load(task.model, num_labels=num_labels, seed=0)
+    return sum(p.numel() for p in getattr(model, HEAD).parameters())
+
+
 @functools.cache
 def matched_lora_rank(task: Task, classes: int, registry: ModelRegistry) -> int:
     """The LoRA rank whose trainable count is closest to GRFT rows' at ``K`` (ties: the smaller rank)."""
-    from bench.accuracy import head_param_count, lora_params_per_rank, matched_rank
     from grft_core.method import apply_grft, eligible_modules, freeze, weight_matrix_shape
     from grft_core.method.setup import random_selection
 

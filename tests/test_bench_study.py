@@ -84,3 +84,20 @@ def test_full_mode_is_the_accuracy_study() -> None:
     quick = [c[2] for c in commands(True, 1)]
     assert quick[:2] == ["bench.study", "bench.lm_accuracy"]
     assert "bench.serving" in quick
+
+
+def test_structural_claims_that_need_no_training(finished: Path) -> None:
+    report = json.loads(finished.with_suffix(".json").read_text())
+    s = report["summary"]
+    # The control trains exactly GRFT's parameter count; the matched rank lands closer than r=8 would.
+    assert s["digits/random_rows"]["trainable_params"] == s["digits/grft_rows"]["trainable_params"]
+    grft = s["digits/grft_rows"]["trainable_params"]
+    assert s["digits/lora_matched"]["lora_rank"] < 8
+    assert abs(s["digits/lora_matched"]["trainable_params"] - grft) < grft
+
+
+def test_matched_rank_picks_the_closest_count() -> None:
+    # GRFT body 1,000 parameters; LoRA 300 per rank: r=3 (900) is closer than r=4 (1,200).
+    assert study.matched_rank(1_000 + 50, 50, 300) == 3
+    assert study.matched_rank(1_200 + 50, 50, 300) == 4
+    assert study.matched_rank(10 + 50, 50, 300) == 1
