@@ -69,6 +69,9 @@ BUDGET_SHARE = 0.3
 MAX_FIRST_RUNG_STEPS = 50
 #: Validation items each candidate is scored on (a fixed, seeded subset of the split).
 EVAL_ITEMS = 512
+#: A first rung shorter than this cannot rank rates: after one step the largest rate has simply moved
+#: furthest (it picked 1e-2 for LoRA on a 100-item text set, which then trained to chance).
+MIN_FIRST_RUNG_STEPS = 2
 #: Examples seen in training under auto epochs: small sets get more passes, large ones fewer.
 MIN_SEEN, MAX_SEEN, DEFAULT_EPOCHS, MAX_AUTO_EPOCHS = 2_000, 50_000, 3, 20
 
@@ -109,13 +112,13 @@ def plan(candidates: int, budget: int, epoch_steps: int) -> list[Rung]:
 
     Rung ``i`` trains ``RUNGS[i]`` candidates for ``s * 2**i`` steps; ``s`` is the largest that fits,
     capped at ``MAX_FIRST_RUNG_STEPS`` and at half an epoch. Rungs are dropped from the end while even
-    ``s = 1`` does not fit; an empty plan means the budget is too small for any search.
+    ``s = MIN_FIRST_RUNG_STEPS`` does not fit; an empty plan means the budget is too small for any search.
     """
     sizes = [min(candidates, n) for n in RUNGS]
     while sizes:
         cost_per_s = sum(n * 2**i for i, n in enumerate(sizes))
-        s = min(budget // cost_per_s, MAX_FIRST_RUNG_STEPS, max(1, epoch_steps // 2))
-        if s >= 1:
+        s = min(budget // cost_per_s, MAX_FIRST_RUNG_STEPS, max(MIN_FIRST_RUNG_STEPS, epoch_steps // 2))
+        if s >= MIN_FIRST_RUNG_STEPS:
             return [Rung(n, s * 2**i) for i, n in enumerate(sizes)]
         sizes.pop()
     return []

@@ -21,8 +21,9 @@ from grft_core.method.setup import compute_selection
 from grft_core.method.trainer import fit
 from tests.conftest import make_images
 
+# Five epochs of 8 steps: a 12-step budget, room for five rates at two steps each.
 CONFIG = GRFTConfig(
-    k=2, epochs=4, batch_size=8, image_size=16, selection_samples=16, selection_batch_size=8, device="cpu"
+    k=2, epochs=5, batch_size=8, image_size=16, selection_samples=16, selection_batch_size=8, device="cpu"
 )
 
 
@@ -81,7 +82,9 @@ class TestRules:
     def test_a_plan_never_exceeds_its_budget(self, budget: int) -> None:
         rungs = autotune.plan(5, budget, epoch_steps=1000)
         assert sum(r.candidates * r.steps for r in rungs) <= budget
-        assert (rungs == []) == (budget < 5)
+        # Every candidate trains at least two steps: one step ranks rates by how far they moved.
+        assert (rungs == []) == (budget < 5 * autotune.MIN_FIRST_RUNG_STEPS)
+        assert all(r.steps >= autotune.MIN_FIRST_RUNG_STEPS for r in rungs)
         assert all(b.steps == 2 * a.steps for a, b in zip(rungs, rungs[1:], strict=False))
 
 
@@ -94,7 +97,9 @@ class TestSearch:
         assert torch.equal(torch.get_rng_state(), before)  # training after the search draws the same numbers
         second_config, second = search(task, config)
         # Everything but the search's wall time is a function of the seed.
-        assert first.pop("seconds") > 0 and second.pop("seconds") > 0
+        assert first["trials"]
+        assert first.pop("seconds") > 0
+        assert second.pop("seconds") > 0
         assert first == second
         assert first_config == second_config
         assert first_config.auto == []
@@ -159,13 +164,13 @@ class TestSearch:
 
         _, record = search(
             task,
-            CONFIG.replace(auto=["lr"], epochs=5),
+            CONFIG.replace(auto=["lr"], epochs=10),
             callbacks=[Listener()],
             on_progress=lambda done, total: progress.append((done, total)),
         )
         assert heard == [record]
-        # A 12-step budget: five rates for one step, then the best three for two (5 + 6 steps).
-        assert [(t["rung"], t["steps"]) for t in record["trials"]] == [(1, 1)] * 5 + [(2, 2)] * 3
+        # A 24-step budget: five rates for two steps, then the best three for four (10 + 12 steps).
+        assert [(t["rung"], t["steps"]) for t in record["trials"]] == [(1, 2)] * 5 + [(2, 4)] * 3
         first = sorted((t["valid_loss"], t["lr"]) for t in record["trials"] if t["rung"] == 1)
         assert [t["lr"] for t in record["trials"] if t["rung"] == 2] == [lr for _, lr in first[:3]]
         assert "lowest validation loss" in record["reasons"]["lr"]

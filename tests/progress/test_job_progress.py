@@ -19,8 +19,8 @@ from grft_core.method.config import GRFTConfig
 from tests.worker.conftest import METHOD, MakeJob, Sent, get_job, upload
 from worker import tasks
 
-# Four epochs of 6 steps: 24 training steps leave 7 (30 %) for the search, enough for its 5 rates.
-AUTO_LR = GRFTConfig.from_dict({**METHOD, "epochs": 4, "checkpoint_every": 12, "auto": ["lr"]}).to_dict()
+# Six epochs of 6 steps: 36 training steps leave 10 (30 %) for the search, its 5 rates two steps each.
+AUTO_LR = GRFTConfig.from_dict({**METHOD, "epochs": 6, "checkpoint_every": 12, "auto": ["lr"]}).to_dict()
 
 
 class Writes:
@@ -81,15 +81,15 @@ def test_every_phase_reports_progress_and_auto_values_are_chosen(
         assert last["done"] == last["total"], (phase, writes.of(phase))
         assert all(p["total"] is None or 0 <= p["done"] <= p["total"] for p in writes.of(phase))
     assert writes.of("selecting")[-1]["eta_seconds"] == 0
-    assert writes.of("training")[-1]["total"] == 24
+    assert writes.of("training")[-1]["total"] == 36
     assert all(p["eta_seconds"] is not None for p in writes.of("training"))
-    assert writes.of("tuning")[-1]["done"] == 5  # five rates, one step each: within 30 % of 24 steps
+    assert writes.of("tuning")[-1]["done"] == 10  # five rates, two steps each: within 30 % of 36 steps
 
     job = get_job(settings, job_id)
     shown = JobView.of(job)
     assert shown.progress.phase == "done"
     assert shown.progress.fraction == 1.0
-    assert (shown.progress.done, shown.progress.total) == (24, 24)
+    assert (shown.progress.done, shown.progress.total) == (36, 36)
     assert job.result is not None
     chosen = job.result["hyperparameters"]["learning_rate"]
     assert chosen in (1e-4, 3.16e-4, 1e-3, 3.16e-3, 1e-2)
@@ -114,9 +114,9 @@ def test_every_phase_reports_progress_and_auto_values_are_chosen(
     metrics = [e.data for e in events if e.type == "metrics" and e.data]
     per_epoch = [m for m in metrics if "valid_loss" in m]
     per_step = [m for m in metrics if "lr" in m]
-    assert [m["epoch"] for m in per_epoch] == [1, 2, 3, 4]
-    assert [m["step"] for m in per_epoch] == [6, 12, 18, 24]
-    assert [m["epoch"] for m in per_step] == [1] * 6 + [2] * 6 + [3] * 6 + [4] * 6
+    assert [m["epoch"] for m in per_epoch] == [1, 2, 3, 4, 5, 6]
+    assert [m["step"] for m in per_epoch] == [6, 12, 18, 24, 30, 36]
+    assert [m["epoch"] for m in per_step] == [e for e in range(1, 7) for _ in range(6)]
     assert all(0.0 <= m["train_accuracy"] <= 1.0 for m in per_step)
     epoch_messages = [e.message for e in events if e.type == "metrics" and e.message.startswith("Epoch")]
     assert epoch_messages[0].startswith("Epoch 1: ")
