@@ -141,6 +141,8 @@ PLANS: dict[str, tuple[Variant, ...]] = {
         for lam in (0.0, 1e-2, 1.0)
     )
     + (Variant("longer_random", "grft", {"selection_strategy": "random", "epochs_factor": 4}, ("digits",)),),
+    # 224 px costs about 20 times a 32-px run: its random-rows control is left out to keep the study
+    # within its time budget (96 px has it).
     "resolution": tuple(
         Variant(f"{base}_{px}px", method, {**changes, "image_size": px}, ("digits",))
         for px in (96, 224)
@@ -149,6 +151,7 @@ PLANS: dict[str, tuple[Variant, ...]] = {
             ("random_rows", "grft", {"selection_strategy": "random"}),
             ("lora_matched", "lora", {"lora_rank": "matched"}),
         )
+        if not (px == 224 and base == "random_rows")
     ),
     # MobileNetV2's convolutions have no biases (a BatchNorm follows each), so bias training changes
     # nothing there; what differs from LoRA is which matrices and which directions can move.
