@@ -283,6 +283,11 @@ def write_report(
         for other in ("grft_rows", "lora_matched"):
             if any(v == variant for _, v in data):
                 comparisons[f"{variant} vs {other} (image tasks)"] = paired(data, images, variant, other)
+    for px in (96, 224):
+        for other in ("random_rows", "lora_matched"):
+            a, b = f"grft_rows_{px}px", f"{other}_{px}px"
+            if ("digits", a) in data and ("digits", b) in data:
+                comparisons[f"{a} vs {b} (digits)"] = paired(data, ["digits"], a, b)
     comparisons["SCL vs weight magnitude (digits)"] = paired(data, ["digits"], REFERENCE, "magnitude_rows")
     comparisons["SCL vs CE selection, k = 1, 2, 4 (digits)"] = _pooled_k(data, "ce")
     comparisons["SCL vs random, k = 1, 2, 4 (digits)"] = _pooled_k(data, "random")
