@@ -21,8 +21,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-LM_STUDY = ["--tasks", "boolq", "--seeds", "0,1,2", "--methods", "base", "grft_rows", "random_rows"]
-LM_STUDY.append("lora_matched")
+LM_STUDY = [
+    "--tasks", "boolq", "--seeds", "0,1,2", "--methods", "base", "grft_rows", "random_rows", "lora_matched",
+]  # fmt: skip
 # (module, extra arguments of the quick mode, of the full mode; None: not in that mode, takes --threads).
 # The full mode is the accuracy study only (bench/study.py and the language-model study), sized to fit
 # about 2.5 hours on an idle 2-core CPU; the cost benchmarks are quick by design and run in make bench.

@@ -261,10 +261,8 @@ def variant_config(run: Run, task: Task, sizes: Sizes, classes: int, registry: M
     """``run``'s full config: the shared settings, the method and the variant's changes."""
     changes = dict(run.variant.changes)
     config = shared_config(task, sizes, run.seed).replace(method=run.variant.method)
-    if changes.pop("lora_rank", None) == "matched":
+    if changes.get("lora_rank") == "matched":
         changes["lora_rank"] = matched_lora_rank(task, classes, registry)
-    elif run.variant.method == "lora":
-        changes.setdefault("lora_rank", run.variant.changes["lora_rank"])
     if isinstance(changes.get("k"), str):
         changes["k"] = dict(layer_k_map(task.model, registry, late=changes["k"] == "late"))
     factor = changes.pop("epochs_factor", 1)
